@@ -1,0 +1,36 @@
+//! # any4-core
+//!
+//! The numerics of any4 (Elhoushi & Johnson, ICML 2025) without any framework: formats,
+//! group scaling, activation-weighted 1-D k-means, 4-bit packing, and a fast CPU reference for
+//! dequantization and matmul. Every other crate of burn-any4 (kernels, the Burn extension,
+//! the quantization pass) uses these definitions as the ground truth.
+//!
+//! ```
+//! use any4_core::{quantize, Any4Config, Format};
+//!
+//! let (rows, cols) = (32, 256);
+//! let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+//! let q = quantize(&w, [rows, cols], None, &Any4Config::new(Format::Any4))?;
+//! let x = vec![1.0f32; cols];
+//! let y = q.matmul(&x, 1)?; // y = x · Wᵀ, shape [1, rows]
+//! assert_eq!(y.len(), rows);
+//! let err = q.reconstruction_error(&w, None)?;
+//! assert!(err.max_abs < 0.1);
+//! # Ok::<(), any4_core::Any4Error>(())
+//! ```
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+pub mod kmeans;
+pub mod levels;
+mod matmul;
+pub mod pack;
+mod quantize;
+pub mod rng;
+mod simd;
+
+pub use config::{Any4Config, Format, GroupSize, Init, KMeansConfig, ParamDtype, Scaling, Solver};
+pub use error::{Any4Error, Result};
+pub use matmul::dense_matmul;
+pub use quantize::{QuantizedMatrix, Reconstruction, TABLE_LEN, quantize};

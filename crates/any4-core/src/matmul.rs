@@ -1,0 +1,130 @@
+//! The CPU matmul `y = x · Wᵀ` on quantized weights, and the dense f32 baseline it replaces.
+//!
+//! Per output row `n`, the group decomposition
+//! `y[m, n] = Σ_g ( s[n,g] · Σ_{j∈g} table[n, code] · x[m, j]  +  z[n,g] · Σ_{j∈g} x[m, j] )`
+//! moves scale and zero out of the inner loop: the inner loop is a pure table-lookup dot product
+//! ([`crate::simd`]), and the group sums `Σ x` are computed once per call and reused by every
+//! row. Rows are split across the rayon pool; every row is computed by one thread in a fixed
+//! order, so results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+use crate::error::{Any4Error, Result};
+use crate::quantize::QuantizedMatrix;
+use crate::simd::Isa;
+
+/// Rows per rayon task: large enough to amortise scheduling, small enough to balance 2–64 cores.
+const ROWS_PER_TASK: usize = 16;
+
+impl QuantizedMatrix {
+    /// `y = x · Wᵀ` for row-major `x: [m, cols]`, returning row-major `[m, rows]` (f32
+    /// accumulation). Errors if `x` is not `m × cols`.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let (n, k) = (self.rows(), self.cols());
+        if x.len() != m * k {
+            return Err(Any4Error::ShapeMismatch {
+                what: "activations [m, cols]",
+                expected: m * k,
+                got: x.len(),
+            });
+        }
+        let isa = Isa::detect();
+        let group = self.group_len();
+        // Σ_{j∈g} x[m, j] for every (m, g), shared by all rows.
+        let xsum: Vec<f32> = x
+            .chunks(k)
+            .flat_map(|xm| xm.chunks(group).map(|c| c.iter().sum::<f32>()))
+            .collect();
+        // Output transposed ([n, m]) so each task owns contiguous memory; M = 1 needs no transpose.
+        let mut yt = vec![0.0f32; n * m];
+        yt.par_chunks_mut(ROWS_PER_TASK * m)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let mut decoded = vec![0.0f32; if m > 1 { group } else { 0 }];
+                for (r, y) in out.chunks_mut(m).enumerate() {
+                    let row = task * ROWS_PER_TASK + r;
+                    self.row_times(isa, row, x, &xsum, y, &mut decoded);
+                }
+            });
+        Ok(transpose(yt, n, m))
+    }
+
+    /// `y[i] = Σ_j x[i, j] · w[row, j]` for every activation row `i`.
+    fn row_times(
+        &self,
+        isa: Isa,
+        row: usize,
+        x: &[f32],
+        xsum: &[f32],
+        y: &mut [f32],
+        decoded: &mut [f32],
+    ) {
+        let (k, group, groups) = (self.cols(), self.group_len(), self.groups());
+        let table = self.row_table(row);
+        let words = self.row_codes(row);
+        let scales = &self.scales()[row * groups..(row + 1) * groups];
+        let zeros = &self.zeros()[row * groups..(row + 1) * groups];
+        y.iter_mut().for_each(|v| *v = 0.0);
+        for g in 0..groups {
+            let start = g * group;
+            let end = (start + group).min(k);
+            // Groups start on word boundaries: supported group sizes are multiples of 8.
+            let gw = &words[start / 8..end.div_ceil(8)];
+            if y.len() == 1 {
+                let dot = isa.lut_dot(gw, table, &x[start..end]);
+                y[0] += scales[g] * dot + zeros[g] * xsum[g];
+            } else {
+                let dec = &mut decoded[..end - start];
+                isa.lut_decode(gw, table, dec);
+                for (i, yi) in y.iter_mut().enumerate() {
+                    let dot = isa.dot(dec, &x[i * k + start..i * k + end]);
+                    *yi += scales[g] * dot + zeros[g] * xsum[i * groups + g];
+                }
+            }
+        }
+    }
+}
+
+/// Dense `y = x · Wᵀ` for row-major `x: [m, k]`, `w: [n, k]`: the f32 baseline of benches, with
+/// the same threading and vectorised dot product as the quantized path.
+pub fn dense_matmul(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Result<Vec<f32>> {
+    for (what, expected, got) in [
+        ("activations [m, k]", m * k, x.len()),
+        ("weights [n, k]", n * k, w.len()),
+    ] {
+        if expected != got {
+            return Err(Any4Error::ShapeMismatch {
+                what,
+                expected,
+                got,
+            });
+        }
+    }
+    let isa = Isa::detect();
+    let mut yt = vec![0.0f32; n * m];
+    yt.par_chunks_mut(ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, out)| {
+            for (r, y) in out.chunks_mut(m).enumerate() {
+                let row = &w[(task * ROWS_PER_TASK + r) * k..][..k];
+                for (i, v) in y.iter_mut().enumerate() {
+                    *v = isa.dot(row, &x[i * k..(i + 1) * k]);
+                }
+            }
+        });
+    Ok(transpose(yt, n, m))
+}
+
+/// `[rows, cols]` → `[cols, rows]` (a no-op for a single column).
+fn transpose(a: Vec<f32>, rows: usize, cols: usize) -> Vec<f32> {
+    if cols == 1 {
+        return a;
+    }
+    let mut t = vec![0.0f32; a.len()];
+    for (r, row) in a.chunks(cols).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            t[c * rows + r] = *v;
+        }
+    }
+    t
+}

@@ -1,0 +1,429 @@
+//! Property and behaviour tests of the public any4-core API (one test binary on purpose: each
+//! integration-test binary costs a link).
+
+use any4_core::pack::{pack, unpack};
+use any4_core::rng::SplitMix64;
+use any4_core::*;
+use proptest::prelude::*;
+
+fn gaussian(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    let mut r = SplitMix64::new(seed);
+    (0..rows * cols)
+        .map(|_| (r.next_gaussian() * 0.02) as f32)
+        .collect()
+}
+
+/// Student-t with `nu` degrees of freedom (heavy tails, like real LLM weights).
+fn student_t(rows: usize, cols: usize, nu: usize, seed: u64) -> Vec<f32> {
+    let mut r = SplitMix64::new(seed);
+    (0..rows * cols)
+        .map(|_| {
+            let z = r.next_gaussian();
+            let chi2: f64 = (0..nu).map(|_| r.next_gaussian().powi(2)).sum();
+            (0.02 * z / (chi2 / nu as f64).sqrt()) as f32
+        })
+        .collect()
+}
+
+/// Activation means with a few outlier channels, as LLM activations have.
+fn stats(cols: usize, seed: u64) -> Vec<f32> {
+    let mut r = SplitMix64::new(seed);
+    (0..cols)
+        .map(|j| {
+            let v = r.next_gaussian() as f32 * 0.3;
+            if j % 37 == 0 { v * 20.0 } else { v }
+        })
+        .collect()
+}
+
+fn cfg(f: Format) -> Any4Config {
+    Any4Config::new(f)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn pack_unpack_round_trip(rows in 1usize..6, k in 1usize..70, seed in any::<u64>()) {
+        let mut r = SplitMix64::new(seed);
+        let codes: Vec<u8> = (0..rows * k).map(|_| (r.next_u64() % 16) as u8).collect();
+        let words = pack(&codes, rows, k);
+        prop_assert_eq!(words.len(), rows * k.div_ceil(8));
+        prop_assert_eq!(unpack(&words, rows, k), codes);
+    }
+
+    /// Every weight lies within half the largest table gap (or the distance from the domain's
+    /// edge to the outermost entry) times its group scale.
+    #[test]
+    fn dequantize_error_is_bounded(
+        rows in 1usize..5,
+        cols in 16usize..300,
+        seed in any::<u64>(),
+        fi in 0usize..6,
+        sym in any::<bool>(),
+        g in prop::sample::select(vec![32usize, 64, 128, 0]),
+    ) {
+        let format = Format::ALL[fi];
+        let scaling = if sym { Scaling::Symmetric } else { Scaling::Asymmetric };
+        let group = if g == 0 { GroupSize::PER_ROW } else { GroupSize::new(g).unwrap() };
+        let c = cfg(format).with_scaling(scaling).with_group_size(group).with_param_dtype(ParamDtype::F32);
+        let w = student_t(rows, cols, 4, seed);
+        let q = quantize(&w, [rows, cols], None, &c).unwrap();
+        let deq = q.dequantize();
+        let (lo, hi) = match levels::domain(format, scaling) {
+            levels::Domain::Range { lo, hi } => (lo, hi),
+            levels::Domain::Symmetric { bound } => (-bound, bound),
+        };
+        for row in 0..rows {
+            let t = &q.row_table(row)[..format.levels()];
+            let half_gap = t.windows(2).map(|p| (p[1] - p[0]) / 2.0).fold(0.0f32, f32::max);
+            let edge = (t[0] - lo).max(hi - t[t.len() - 1]).max(0.0);
+            for col in 0..cols {
+                let gi = col / q.group_len();
+                let s = q.scales()[row * q.groups() + gi];
+                let bound = half_gap.max(edge) * s * (1.0 + 1e-4) + 1e-7;
+                let e = (w[row * cols + col] - deq[row * cols + col]).abs();
+                prop_assert!(e <= bound, "{format} row {row} col {col}: |e| = {e} > {bound}");
+            }
+        }
+    }
+
+    /// int4 via the table path is exactly asymmetric round-to-nearest on the stored scale/zero.
+    #[test]
+    fn int4_is_round_to_nearest(rows in 1usize..4, cols in 16usize..400, seed in any::<u64>()) {
+        let w = gaussian(rows, cols, seed);
+        let q = quantize(&w, [rows, cols], None, &cfg(Format::Int4)).unwrap();
+        let deq = q.dequantize();
+        for row in 0..rows {
+            for col in 0..cols {
+                let gi = row * q.groups() + col / q.group_len();
+                let (s, z) = (q.scales()[gi], q.zeros()[gi]);
+                let plain = ((w[row * cols + col] - z) / s).round().clamp(0.0, 15.0);
+                prop_assert_eq!(q.code(row, col) as f32, plain);
+                prop_assert_eq!(deq[row * cols + col], plain * s + z);
+            }
+        }
+    }
+
+    /// The fast CPU matmul equals dequantize-then-multiply in f64, for every format and M.
+    #[test]
+    fn matmul_matches_dequantized_reference(
+        rows in 1usize..40,
+        cols in 16usize..300,
+        m in prop::sample::select(vec![1usize, 2, 3, 8]),
+        fi in 0usize..6,
+        seed in any::<u64>(),
+    ) {
+        let w = gaussian(rows, cols, seed);
+        let q = quantize(&w, [rows, cols], None, &cfg(Format::ALL[fi]).with_group_size(GroupSize::new(32).unwrap())).unwrap();
+        let deq = q.dequantize();
+        let x = gaussian(m, cols, seed ^ 1);
+        let y = q.matmul(&x, m).unwrap();
+        for i in 0..m {
+            for n in 0..rows {
+                let exact: f64 = (0..cols).map(|j| x[i * cols + j] as f64 * deq[n * cols + j] as f64).sum();
+                let scale: f64 = (0..cols).map(|j| (x[i * cols + j] as f64 * deq[n * cols + j] as f64).abs()).sum();
+                let got = y[i * rows + n] as f64;
+                prop_assert!((got - exact).abs() <= 1e-5 * scale + 1e-9, "m={i} n={n}: {got} vs {exact}");
+            }
+        }
+    }
+}
+
+#[test]
+fn any4_beats_int4_and_nf4_on_gaussian_and_student_t() {
+    let (rows, cols) = (64, 512);
+    let st = stats(cols, 11);
+    for (name, w) in [
+        ("gaussian", gaussian(rows, cols, 1)),
+        ("student-t", student_t(rows, cols, 3, 2)),
+    ] {
+        let err = |f: Format| {
+            let q = quantize(&w, [rows, cols], Some(&st), &cfg(f)).unwrap();
+            q.reconstruction_error(&w, Some(&st)).unwrap().weighted_mse
+        };
+        let (any4, int4, nf4) = (err(Format::Any4), err(Format::Int4), err(Format::Nf4));
+        assert!(any4 < int4, "{name}: any4 {any4} !< int4 {int4}");
+        assert!(any4 < nf4, "{name}: any4 {any4} !< nf4 {nf4}");
+        // Fewer levels cost accuracy: any2 > any3 > any4.
+        let (any3, any2) = (err(Format::Any3), err(Format::Any2));
+        assert!(any4 < any3 && any3 < any2, "{name}: {any4} {any3} {any2}");
+    }
+}
+
+#[test]
+fn exact_solver_is_no_worse_than_lloyd_on_a_matrix() {
+    let (rows, cols) = (16, 256);
+    let w = student_t(rows, cols, 3, 5);
+    let st = stats(cols, 6);
+    let c = cfg(Format::Any4).with_param_dtype(ParamDtype::F32);
+    let lloyd = quantize(&w, [rows, cols], Some(&st), &c).unwrap();
+    let exact = quantize(&w, [rows, cols], Some(&st), &c.with_solver(Solver::Exact)).unwrap();
+    let e = |q: &QuantizedMatrix| q.reconstruction_error(&w, None).unwrap().mse;
+    // Per-row optimality is in the weighted scaled domain; the plain MSE follows closely.
+    assert!(
+        e(&exact) <= e(&lloyd) * 1.02,
+        "exact {} lloyd {}",
+        e(&exact),
+        e(&lloyd)
+    );
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    let (rows, cols) = (48, 320);
+    let w = student_t(rows, cols, 4, 9);
+    let st = stats(cols, 10);
+    let x = gaussian(3, cols, 12);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let q = quantize(&w, [rows, cols], Some(&st), &cfg(Format::Any4)).unwrap();
+            let y = q.matmul(&x, 3).unwrap();
+            (q, y)
+        })
+    };
+    let one = run(1);
+    for t in [2, 3, 5] {
+        assert_eq!(run(t), one, "{t} threads");
+    }
+}
+
+#[test]
+fn short_last_group_uses_its_own_range() {
+    // SmolLM2's K = 576 = 4.5 × 128: groups of 128, 128, 128, 128 and 64.
+    let (rows, cols) = (3, 576);
+    let mut w = gaussian(rows, cols, 21);
+    for r in 0..rows {
+        w[r * cols + 575] = 5.0; // an outlier only in the short group
+    }
+    let q = quantize(
+        &w,
+        [rows, cols],
+        None,
+        &cfg(Format::Int4).with_param_dtype(ParamDtype::F32),
+    )
+    .unwrap();
+    assert_eq!(q.groups(), 5);
+    for r in 0..rows {
+        let last = &w[r * cols + 512..(r + 1) * cols];
+        let mn = last.iter().copied().fold(f32::INFINITY, f32::min);
+        assert_eq!(q.scales()[r * 5 + 4], (5.0 - mn) / 15.0);
+        assert_eq!(q.zeros()[r * 5 + 4], mn);
+        // Earlier groups are unaffected by the outlier.
+        assert!(q.scales()[r * 5 + 3] < 0.1);
+    }
+}
+
+#[test]
+fn constant_rows_quantize_exactly() {
+    let cols = 256;
+    for f in Format::ALL {
+        for (dtype, value) in [
+            (ParamDtype::F32, 0.123_456_79f32),
+            (ParamDtype::F16, 0.375),
+            (ParamDtype::Bf16, -2.5),
+        ] {
+            let w: Vec<f32> = std::iter::repeat_n(value, cols)
+                .chain(std::iter::repeat_n(0.0, cols))
+                .collect();
+            let c = cfg(f)
+                .with_param_dtype(dtype)
+                .with_scaling(Scaling::Asymmetric);
+            let q = quantize(&w, [2, cols], None, &c).unwrap();
+            assert_eq!(q.dequantize(), w, "{f} {dtype:?}");
+        }
+    }
+}
+
+#[test]
+fn stored_parameters_are_representable_in_their_dtype() {
+    let w = student_t(8, 256, 4, 31);
+    for dtype in [ParamDtype::F16, ParamDtype::Bf16] {
+        let q = quantize(
+            &w,
+            [8, 256],
+            None,
+            &cfg(Format::Any4).with_param_dtype(dtype),
+        )
+        .unwrap();
+        for v in q.table().iter().chain(q.scales()).chain(q.zeros()) {
+            assert_eq!(dtype.round(*v), *v);
+        }
+    }
+}
+
+#[test]
+fn bits_per_weight_matches_the_paper() {
+    let w = gaussian(64, 4096, 3);
+    let q = quantize(&w, [64, 4096], None, &cfg(Format::Any4)).unwrap();
+    assert_eq!(q.bits_per_weight(), 4.3125);
+}
+
+#[test]
+fn from_parts_round_trips_and_validates() {
+    let w = gaussian(4, 256, 8);
+    let q = quantize(&w, [4, 256], None, &cfg(Format::Any3)).unwrap();
+    let parts = || {
+        (
+            q.codes().to_vec(),
+            q.table().to_vec(),
+            q.scales().to_vec(),
+            q.zeros().to_vec(),
+        )
+    };
+    let (c, t, s, z) = parts();
+    assert_eq!(
+        QuantizedMatrix::from_parts(*q.config(), [4, 256], c, t, s, z).unwrap(),
+        q
+    );
+
+    let (mut c, t, s, z) = parts();
+    c[0] |= 0xF; // code 15 is outside any3's 8 levels
+    assert!(matches!(
+        QuantizedMatrix::from_parts(*q.config(), [4, 256], c, t, s, z),
+        Err(Any4Error::CodeOutOfRange {
+            row: 0,
+            col: 0,
+            code: 15,
+            levels: 8
+        })
+    ));
+    let (c, t, mut s, z) = parts();
+    s[3] = f32::NAN;
+    assert!(matches!(
+        QuantizedMatrix::from_parts(*q.config(), [4, 256], c, t, s, z),
+        Err(Any4Error::InvalidParameter {
+            what: "scale",
+            row: 1,
+            index: 1,
+            ..
+        })
+    ));
+    let (c, t, s, mut z) = parts();
+    z.pop();
+    assert!(matches!(
+        QuantizedMatrix::from_parts(*q.config(), [4, 256], c, t, s, z),
+        Err(Any4Error::ShapeMismatch {
+            what: "zeros [rows, groups]",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn config_serde_round_trip_and_validation() {
+    let c = cfg(Format::Any4)
+        .with_group_size(GroupSize::PER_ROW)
+        .with_solver(Solver::Exact)
+        .with_seed(42);
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(serde_json::from_str::<Any4Config>(&json).unwrap(), c);
+    assert!(json.contains("\"per-row\""), "{json}");
+    let bad_group = json.replace("\"per-row\"", "100");
+    assert!(serde_json::from_str::<Any4Config>(&bad_group).is_err());
+    let bad_iter = json.replace("\"max_iter\":300", "\"max_iter\":0");
+    assert_ne!(bad_iter, json);
+    assert!(serde_json::from_str::<Any4Config>(&bad_iter).is_err());
+    assert_eq!("NF4".parse::<Format>().unwrap(), Format::Nf4);
+    assert_eq!("per-row".parse::<GroupSize>().unwrap(), GroupSize::PER_ROW);
+    assert_eq!("64".parse::<GroupSize>().unwrap().size(), Some(64));
+}
+
+/// Every error variant is reachable through the public API, and names what is wrong.
+#[test]
+fn every_error_variant_is_reachable() {
+    let w = gaussian(2, 32, 1);
+    let c = cfg(Format::Any4);
+    let mut nan = w.clone();
+    nan[37] = f32::NAN;
+    let e = quantize(&nan, [2, 32], None, &c).unwrap_err();
+    assert!(
+        matches!(e, Any4Error::NonFiniteWeight { row: 1, col: 5, value } if value.is_nan()),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("row 1, column 5"), "{e}");
+
+    let mut st = vec![0.5f32; 32];
+    st[3] = f32::INFINITY;
+    assert!(matches!(
+        quantize(&w, [2, 32], Some(&st), &c),
+        Err(Any4Error::NonFiniteStat { channel: 3, .. })
+    ));
+    assert!(matches!(
+        GroupSize::new(100),
+        Err(Any4Error::UnsupportedGroupSize(100))
+    ));
+    assert!(matches!(
+        quantize(&w[..16], [2, 8], None, &c),
+        Err(Any4Error::KTooSmall { k: 8 })
+    ));
+    assert!(matches!(
+        quantize(&[], [0, 32], None, &c),
+        Err(Any4Error::NoRows)
+    ));
+    assert!(matches!(
+        quantize(&w, [3, 32], None, &c),
+        Err(Any4Error::ShapeMismatch {
+            expected: 96,
+            got: 64,
+            ..
+        })
+    ));
+    assert!(matches!(
+        quantize(&w, [2, 32], Some(&[1.0; 5]), &c),
+        Err(Any4Error::ShapeMismatch {
+            expected: 32,
+            got: 5,
+            ..
+        })
+    ));
+    assert!(matches!(
+        KMeansConfig::default().with_max_iter(0),
+        Err(Any4Error::InvalidKMeans(_))
+    ));
+    assert!(matches!(
+        KMeansConfig::default().with_tol(f32::NAN),
+        Err(Any4Error::InvalidKMeans(_))
+    ));
+    assert!(matches!(
+        "any5".parse::<Format>(),
+        Err(Any4Error::UnknownName { kind: "format", .. })
+    ));
+    assert!(matches!(
+        "q4".parse::<ParamDtype>(),
+        Err(Any4Error::UnknownName { kind: "dtype", .. })
+    ));
+    assert!(matches!(
+        "median".parse::<Solver>(),
+        Err(Any4Error::UnknownName { .. })
+    ));
+    assert!(matches!(
+        "skew".parse::<Scaling>(),
+        Err(Any4Error::UnknownName { .. })
+    ));
+    // A range too wide for f16 parameters overflows the stored scale: refused, not stored as inf.
+    let huge: Vec<f32> = (0..32).map(|i| if i == 0 { -1e6 } else { 1e6 }).collect();
+    assert!(matches!(
+        quantize(&huge, [1, 32], None, &c),
+        Err(Any4Error::InvalidParameter {
+            what: "scale",
+            row: 0,
+            index: 0,
+            ..
+        })
+    ));
+    let q = quantize(&w, [2, 32], None, &c).unwrap();
+    assert!(matches!(
+        q.matmul(&[1.0; 31], 1),
+        Err(Any4Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        dense_matmul(&[1.0; 32], 1, &w, 3, 32),
+        Err(Any4Error::ShapeMismatch { .. })
+    ));
+    // CodeOutOfRange and InvalidParameter from stored parts: see `from_parts_round_trips_and_validates`.
+}

@@ -1,0 +1,403 @@
+//! Checked launch helpers: validate shapes and buffer sizes up front (typed [`KernelError`]),
+//! pick a kernel by [`Strategy`], size cubes from the runtime's limits, then launch.
+//!
+//! Cube sizes adapt to the device: the CubeCL CPU runtime allows only as many units per cube as
+//! there are cores (2 on the CI machine), a GPU up to 1024, so every kernel takes its cube shape
+//! as compile-time parameters instead of hard-coding 256 threads.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use crate::KernelError;
+use crate::dequantize::dequantize_kernel;
+use crate::gemm::{dense_matmul_kernel, gemm_kernel};
+use crate::gemv::gemv_kernel;
+
+/// Largest batch the GEMV kernel handles (one accumulator per batch row per unit).
+pub const GEMV_MAX_M: usize = 8;
+
+/// Shape of a quantized weight `W[N, K]` with groups of `group_size` input columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WeightShape {
+    n: usize,
+    k: usize,
+    group_size: usize,
+}
+
+impl WeightShape {
+    /// Validated shape. `group_size >= k` means one group per row (per-row scaling).
+    pub fn new(n: usize, k: usize, group_size: usize) -> Result<Self, KernelError> {
+        for (what, v) in [("N", n), ("K", k), ("group size", group_size)] {
+            if v == 0 {
+                return Err(KernelError::ZeroDimension { what });
+            }
+        }
+        Ok(Self { n, k, group_size })
+    }
+    /// Output rows `N`.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Input columns `K`.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Group size `G`.
+    pub fn group_size(&self) -> usize {
+        self.group_size
+    }
+    /// `ceil(K/8)`: u32 code words per row.
+    pub fn words_per_row(&self) -> usize {
+        self.k.div_ceil(8)
+    }
+    /// `ceil(K/G)`: scale/zero entries per row.
+    pub fn n_groups(&self) -> usize {
+        self.k.div_ceil(self.group_size)
+    }
+    /// Element counts of `codes`, `table`, `scales`, `zeros`.
+    pub fn lens(&self) -> [usize; 4] {
+        let g = self.n * self.n_groups();
+        [self.n * self.words_per_row(), self.n * 16, g, g]
+    }
+}
+
+/// A device-resident any4 weight in the portable layout (see the crate docs).
+#[derive(Debug, Clone)]
+pub struct Any4Weight {
+    /// `u32[N, ceil(K/8)]` packed codes.
+    pub codes: Handle,
+    /// `f32[N, 16]` per-row tables.
+    pub table: Handle,
+    /// `f32[N, ceil(K/G)]` group scales.
+    pub scales: Handle,
+    /// `f32[N, ceil(K/G)]` group zeros.
+    pub zeros: Handle,
+    shape: WeightShape,
+}
+
+const NAMES: [&str; 4] = ["codes", "table", "scales", "zeros"];
+
+fn check_handle(name: &'static str, h: &Handle, elems: usize) -> Result<(), KernelError> {
+    let expected_bytes = (elems * 4) as u64;
+    let actual_bytes = h.size_in_used();
+    if actual_bytes < expected_bytes {
+        return Err(KernelError::BufferTooSmall { name, expected_bytes, actual_bytes });
+    }
+    Ok(())
+}
+
+impl Any4Weight {
+    /// Wraps existing device buffers, checking each is large enough for `shape`.
+    pub fn from_handles(
+        codes: Handle,
+        table: Handle,
+        scales: Handle,
+        zeros: Handle,
+        shape: WeightShape,
+    ) -> Result<Self, KernelError> {
+        for ((name, h), len) in NAMES.iter().zip([&codes, &table, &scales, &zeros]).zip(shape.lens()) {
+            check_handle(name, h, len)?;
+        }
+        Ok(Self { codes, table, scales, zeros, shape })
+    }
+
+    /// Uploads host buffers, checking their lengths against `shape`.
+    pub fn upload(
+        client: &Client,
+        codes: &[u32],
+        table: &[f32],
+        scales: &[f32],
+        zeros: &[f32],
+        shape: WeightShape,
+    ) -> Result<Self, KernelError> {
+        let actual = [codes.len(), table.len(), scales.len(), zeros.len()];
+        for ((name, expected), actual) in NAMES.iter().zip(shape.lens()).zip(actual) {
+            if expected != actual {
+                return Err(KernelError::LengthMismatch { name, expected, actual });
+            }
+        }
+        Ok(Self {
+            codes: client.create_from_slice(bytemuck::cast_slice(codes)),
+            table: client.create_from_slice(bytemuck::cast_slice(table)),
+            scales: client.create_from_slice(bytemuck::cast_slice(scales)),
+            zeros: client.create_from_slice(bytemuck::cast_slice(zeros)),
+            shape,
+        })
+    }
+
+    /// The weight's shape.
+    pub fn shape(&self) -> WeightShape {
+        self.shape
+    }
+}
+
+/// Which matmul kernel to run. `Auto` is the default; `Fallback` is valid everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// [`Strategy::Gemv`] for `M <= GEMV_MAX_M`, else [`Strategy::Gemm`].
+    #[default]
+    Auto,
+    /// Split-K LUT GEMV (decode); errors for `M > GEMV_MAX_M`.
+    Gemv,
+    /// Tiled LUT GEMM with the W tile dequantized into shared memory (prefill).
+    Gemm,
+    /// Dequantize to a dense f32 `W`, then a naive dense matmul: slow, always valid.
+    Fallback,
+}
+
+impl Strategy {
+    /// The concrete kernel `Auto` resolves to for batch `m`.
+    pub fn resolve(self, m: usize) -> Strategy {
+        match self {
+            Strategy::Auto if m <= GEMV_MAX_M => Strategy::Gemv,
+            Strategy::Auto => Strategy::Gemm,
+            s => s,
+        }
+    }
+}
+
+fn prev_pow2(v: usize) -> usize {
+    if v == 0 { 1 } else { 1 << (usize::BITS - 1 - v.leading_zeros()) }
+}
+
+/// Units per cube for a 1-D kernel: a power of two within the device limits, at most `cap`.
+fn units_1d(client: &Client, cap: usize) -> usize {
+    let hw = &client.properties().hardware;
+    prev_pow2((hw.max_units_per_cube as usize).min(hw.max_cube_dim.0 as usize).min(cap))
+}
+
+/// Cube count for `cubes` cubes indexed linearly by `CUBE_POS` (spills into Y past the X limit).
+fn linear_cube_count(client: &Client, cubes: usize) -> Result<CubeCount, KernelError> {
+    let (mx, my, _) = client.properties().hardware.max_cube_count;
+    let mx = mx.min(65_535) as usize;
+    let x = cubes.clamp(1, mx);
+    let y = cubes.div_ceil(x);
+    if y > my as usize {
+        return Err(KernelError::GridTooLarge { axis: "y", cubes: y, limit: my });
+    }
+    Ok(CubeCount::new_2d(x as u32, y as u32))
+}
+
+fn out_handle(client: &Client, elems: usize, elem_bytes: usize) -> Handle {
+    client.empty(elems * elem_bytes)
+}
+
+/// Dequantizes to a dense row-major `f32[N, K]` buffer.
+pub fn dequantize_f32(client: &Client, weight: &Any4Weight) -> Result<Handle, KernelError> {
+    dequantize_as::<f32>(client, weight, 4)
+}
+
+/// Dequantizes to a dense row-major `f16[N, K]` buffer; `UnsupportedType` where the runtime
+/// has no f16 (the table math is still f32, only the store is rounded).
+pub fn dequantize_f16(client: &Client, weight: &Any4Weight) -> Result<Handle, KernelError> {
+    let f16 = cubecl::ir::ElemType::Float(cubecl::ir::FloatKind::F16);
+    if !client.properties().supports_type(f16) {
+        return Err(KernelError::UnsupportedType("f16"));
+    }
+    dequantize_as::<half::f16>(client, weight, 2)
+}
+
+fn dequantize_as<F: Float + CubeElement>(
+    client: &Client,
+    weight: &Any4Weight,
+    elem_bytes: usize,
+) -> Result<Handle, KernelError> {
+    let s = weight.shape;
+    let out = out_handle(client, s.n * s.k, elem_bytes);
+    let words = s.n * s.words_per_row();
+    let units = units_1d(client, 256);
+    let count = linear_cube_count(client, words.div_ceil(units))?;
+    let [lc, lt, lsz, _] = s.lens();
+    // SAFETY (lengths): every handle was checked against `s` at construction; `out` is new.
+    unsafe {
+        dequantize_kernel::launch::<F>(
+            client,
+            count,
+            CubeDim::new_1d(units as u32),
+            BufferArg::from_raw_parts(weight.codes.clone(), lc),
+            BufferArg::from_raw_parts(weight.table.clone(), lt),
+            BufferArg::from_raw_parts(weight.scales.clone(), lsz),
+            BufferArg::from_raw_parts(weight.zeros.clone(), lsz),
+            BufferArg::from_raw_parts(out.clone(), s.n * s.k),
+            s.n,
+            s.k,
+            s.group_size,
+        );
+    }
+    client.check(core::iter::once(&out))?;
+    Ok(out)
+}
+
+/// `y[M, N] = x[M, K] · Wᵀ` into a new `f32[M, N]` buffer. `x` is row-major `f32[M, K]`.
+pub fn matmul(
+    client: &Client,
+    weight: &Any4Weight,
+    x: &Handle,
+    m: usize,
+    strategy: Strategy,
+) -> Result<Handle, KernelError> {
+    if m == 0 {
+        return Err(KernelError::ZeroDimension { what: "M" });
+    }
+    let out = out_handle(client, m * weight.shape.n, 4);
+    matmul_into(client, weight, x, m, &out, strategy)?;
+    Ok(out)
+}
+
+/// `y[M, N] = x[M, K] · Wᵀ` written into `out` (`f32[M, N]`, at least `M·N·4` bytes).
+pub fn matmul_into(
+    client: &Client,
+    weight: &Any4Weight,
+    x: &Handle,
+    m: usize,
+    out: &Handle,
+    strategy: Strategy,
+) -> Result<(), KernelError> {
+    let s = weight.shape;
+    if m == 0 {
+        return Err(KernelError::ZeroDimension { what: "M" });
+    }
+    check_handle("x", x, m * s.k)?;
+    check_handle("out", out, m * s.n)?;
+    match strategy.resolve(m) {
+        Strategy::Gemv => {
+            if m > GEMV_MAX_M {
+                return Err(KernelError::GemvBatchTooLarge { m, max: GEMV_MAX_M });
+            }
+            launch_gemv(client, weight, x, m, out)?
+        }
+        Strategy::Gemm => launch_gemm(client, weight, x, m, out)?,
+        Strategy::Fallback | Strategy::Auto => launch_fallback(client, weight, x, m, out)?,
+    }
+    client.check(core::iter::once(out))?;
+    Ok(())
+}
+
+fn launch_gemv(
+    client: &Client,
+    weight: &Any4Weight,
+    x: &Handle,
+    m: usize,
+    out: &Handle,
+) -> Result<(), KernelError> {
+    let s = weight.shape;
+    let wpr = s.words_per_row();
+    let supported: Vec<usize> = client.io_optimized_vector_sizes(4).collect();
+    // Widest code vector (≤ 4 words = 32 weights) that tiles a row; prefer one that never
+    // straddles a group, so scale/zero are applied once per vector.
+    let fits = |v: usize| wpr % v == 0 && (v == 1 || supported.contains(&v));
+    let aligned_for = |v: usize| s.group_size >= s.k || s.group_size % (8 * v) == 0;
+    let candidates = [4usize, 2, 1];
+    let (vec, aligned) = candidates
+        .iter()
+        .copied()
+        .find(|&v| fits(v) && aligned_for(v))
+        .map(|v| (v, true))
+        .unwrap_or_else(|| (candidates.into_iter().find(|&v| fits(v)).unwrap_or(1), false));
+
+    let hw = &client.properties().hardware;
+    let max_units = (hw.max_units_per_cube as usize).max(1);
+    let vecs_per_row = wpr / vec;
+    let tpr = prev_pow2(max_units.min(hw.max_cube_dim.0 as usize).min(32))
+        .min(vecs_per_row.next_power_of_two());
+    let rpc = prev_pow2((128 / tpr).min(max_units / tpr).min(hw.max_cube_dim.1 as usize).max(1));
+    let count = linear_cube_count(client, s.n.div_ceil(rpc))?;
+    let [lc, lt, lsz, _] = s.lens();
+    // SAFETY (lengths): handles were checked against the shape; `codes` holds `lc / vec` vectors.
+    unsafe {
+        gemv_kernel::launch(
+            client,
+            count,
+            CubeDim::new_2d(tpr as u32, rpc as u32),
+            vec,
+            BufferArg::from_raw_parts(weight.codes.clone(), lc / vec),
+            BufferArg::from_raw_parts(weight.table.clone(), lt),
+            BufferArg::from_raw_parts(weight.scales.clone(), lsz),
+            BufferArg::from_raw_parts(weight.zeros.clone(), lsz),
+            BufferArg::from_raw_parts(x.clone(), m * s.k),
+            BufferArg::from_raw_parts(out.clone(), m * s.n),
+            s.n,
+            s.k,
+            s.group_size,
+            m,
+            tpr,
+            rpc,
+            aligned,
+        );
+    }
+    Ok(())
+}
+
+fn launch_gemm(
+    client: &Client,
+    weight: &Any4Weight,
+    x: &Handle,
+    m: usize,
+    out: &Handle,
+) -> Result<(), KernelError> {
+    let s = weight.shape;
+    let units = units_1d(client, 256);
+    // 32×32 tiles with ≥ 64 units (≤ 16 accumulators each); 8×8 on small cubes (CPU runtime).
+    let tile = if units >= 64 { 32 } else { 8 };
+    let tile_k = 32;
+    let (mx, my, _) = client.properties().hardware.max_cube_count;
+    let (cx, cy) = (s.n.div_ceil(tile), m.div_ceil(tile));
+    if cx > mx.min(65_535) as usize {
+        return Err(KernelError::GridTooLarge { axis: "x (N tiles)", cubes: cx, limit: mx });
+    }
+    if cy > my.min(65_535) as usize {
+        return Err(KernelError::GridTooLarge { axis: "y (M tiles)", cubes: cy, limit: my });
+    }
+    let [lc, lt, lsz, _] = s.lens();
+    // SAFETY (lengths): handles were checked against the shape.
+    unsafe {
+        gemm_kernel::launch(
+            client,
+            CubeCount::new_2d(cx as u32, cy as u32),
+            CubeDim::new_1d(units as u32),
+            BufferArg::from_raw_parts(weight.codes.clone(), lc),
+            BufferArg::from_raw_parts(weight.table.clone(), lt),
+            BufferArg::from_raw_parts(weight.scales.clone(), lsz),
+            BufferArg::from_raw_parts(weight.zeros.clone(), lsz),
+            BufferArg::from_raw_parts(x.clone(), m * s.k),
+            BufferArg::from_raw_parts(out.clone(), m * s.n),
+            m,
+            s.n,
+            s.k,
+            s.group_size,
+            tile,
+            tile,
+            tile_k,
+            units,
+        );
+    }
+    Ok(())
+}
+
+fn launch_fallback(
+    client: &Client,
+    weight: &Any4Weight,
+    x: &Handle,
+    m: usize,
+    out: &Handle,
+) -> Result<(), KernelError> {
+    let s = weight.shape;
+    let w = dequantize_f32(client, weight)?;
+    let units = units_1d(client, 256);
+    let count = linear_cube_count(client, (m * s.n).div_ceil(units))?;
+    // SAFETY (lengths): `w` is `N·K` f32, `x` and `out` were checked.
+    unsafe {
+        dense_matmul_kernel::launch(
+            client,
+            count,
+            CubeDim::new_1d(units as u32),
+            BufferArg::from_raw_parts(x.clone(), m * s.k),
+            BufferArg::from_raw_parts(w, s.n * s.k),
+            BufferArg::from_raw_parts(out.clone(), m * s.n),
+            m,
+            s.n,
+            s.k,
+        );
+    }
+    Ok(())
+}
