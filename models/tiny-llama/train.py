@@ -209,7 +209,6 @@ def make_config():
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=None,
-        torch_dtype="float32",
     )
 
 
@@ -307,16 +306,18 @@ def stage_train(args):
     t0 = time.time()
     last_ckpt = t0
     acc, acc_n = 0.0, 0
+    last_interval_loss = None
     for step in range(steps):
         lr = lr_at(step, steps, args.lr, args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        # Each sequence: <s> + 255 consecutive training tokens from a random offset.
+        # Each sequence: <s> + 256 consecutive training tokens from a random offset; the model
+        # reads the first 256 (<s> included) and predicts the 256 text tokens.
         off = torch.randint(0, len(ids) - SEQ, (B,), generator=gen)
-        body = torch.stack([ids[o:o + SEQ - 1] for o in off.tolist()])
+        body = torch.stack([ids[o:o + SEQ] for o in off.tolist()])
         x = torch.cat([torch.zeros(B, 1, dtype=torch.long), body], dim=1)
-        logits = model(input_ids=x).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), x[:, 1:].reshape(-1))
+        logits = model(input_ids=x[:, :-1]).logits
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -326,7 +327,7 @@ def stage_train(args):
         if args.bench:
             dt = time.time() - t0
             logp(f"[bench] step {step} loss {loss.item():.4f} {dt:.1f}s "
-                 f"{(step + 1) * B * (SEQ - 1) / dt:.0f} tok/s")
+                 f"{(step + 1) * B * SEQ / dt:.0f} tok/s")
             continue
         done = step + 1
         if done % args.log_every == 0 or done == steps:
@@ -337,17 +338,18 @@ def stage_train(args):
                 hl, _ = heldout_nll(model, windows, 40)
                 extra = f"  heldout {hl:.4f} (checkpoint saved)"
                 last_ckpt = time.time()
-            logp(f"{done:6d} {done * B * (SEQ - 1):10d} {lr:.2e} {acc / acc_n:.4f} "
+            last_interval_loss = acc / acc_n
+            logp(f"{done:6d} {done * B * SEQ:10d} {lr:.2e} {acc / acc_n:.4f} "
                  f"{now - t0:8.0f}{extra}")
             acc, acc_n = 0.0, 0
     wall = time.time() - t0
     if not args.bench:
         save_model(model, HERE)
-        json.dump({"steps": steps, "batch": B, "seq": SEQ, "tokens_seen": steps * B * (SEQ - 1),
+        json.dump({"steps": steps, "batch": B, "seq": SEQ, "tokens_seen": steps * B * SEQ,
                    "wall_s": wall, "params": nparams, "train_tokens": len(ids),
-                   "final_train_loss_last_interval": None},
+                   "final_train_loss_last_interval": last_interval_loss},
                   open(os.path.join(args.work, "train_meta.json"), "w"))
-        logp(f"# done: {steps} steps, {steps * B * (SEQ - 1)} predicted tokens, {wall:.0f} s")
+        logp(f"# done: {steps} steps, {steps * B * SEQ} predicted tokens, {wall:.0f} s")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,7 +366,7 @@ def stage_eval(args):
 
     torch.set_num_threads(args.threads)
     tok = load_tokenizer()
-    model = LlamaForCausalLM.from_pretrained(HERE, torch_dtype=torch.float32)
+    model = LlamaForCausalLM.from_pretrained(HERE, dtype=torch.float32)
     model.eval()
     out = {}
 
@@ -435,7 +437,7 @@ def main():
     ap.add_argument("--work", default="/tmp/any4-train")
     ap.add_argument("--only", choices=["data", "tokenizer", "train", "eval"])
     ap.add_argument("--bench", action="store_true")
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=200)

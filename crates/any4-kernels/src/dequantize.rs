@@ -4,6 +4,10 @@
 //! up, scaled and written. This is the building block of the always-valid fallback
 //! (dequantize, then a dense matmul) and the way to hand a dense weight to other code.
 
+// `#[cube(launch)]` generates an undocumented module and kernel struct per kernel; the
+// kernels themselves are documented below.
+#![allow(missing_docs)]
+
 use cubecl::prelude::*;
 
 /// `out[n*K + k] = table[n*16 + code(n,k)] * scales[n*G_n + k/G] + zeros[n*G_n + k/G]`,

@@ -40,6 +40,14 @@ pub enum KernelError {
         /// Largest supported batch.
         max: usize,
     },
+    /// A [`crate::GemvPlan`] given through [`crate::Strategy::GemvPlanned`] is not valid here.
+    #[error("invalid GEMV plan {plan:?}: {rule}")]
+    InvalidPlan {
+        /// The rejected plan.
+        plan: crate::GemvPlan,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
     /// The launch grid would exceed the runtime's cube-count limit.
     #[error("problem too large for one launch: {cubes} cubes along {axis}, limit {limit}")]
     GridTooLarge {

@@ -10,6 +10,10 @@
 //! (tensor cores on CUDA, cooperative matrices on Vulkan) once the dequantized tile is in f16,
 //! with register blocking; the staging code stays the same.
 
+// `#[cube(launch)]` generates an undocumented module and kernel struct per kernel; the
+// kernels themselves are documented below.
+#![allow(missing_docs)]
+
 use cubecl::prelude::*;
 
 /// Tiled LUT GEMM (see module docs). Launch with `CubeCount::new_2d(ceil(N/tile_n),

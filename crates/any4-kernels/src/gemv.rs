@@ -9,9 +9,14 @@
 //! - when a code vector never straddles a group (`aligned`: 8·V divides G), the scale and zero are
 //!   applied once per vector through `Σ_k w·x = s·Σ table[c]·x + z·Σ x` instead of per weight;
 //!   otherwise (e.g. per-row groups with K % 8 ≠ 0) each weight is dequantized on its own;
-//! - the split-K partial sums are combined by a shared-memory tree reduction (portable: the CPU
-//!   runtime has planes of size 1). A plane (warp) sum is a later optimization;
+//! - the split-K partial sums are combined by a plane (warp/subgroup) sum when the row's units
+//!   are exactly one plane (`plane_reduce`), else by a shared-memory tree reduction (portable:
+//!   the CPU runtime has planes of size 1);
 //! - accumulation is f32 throughout.
+
+// `#[cube(launch)]` generates an undocumented module and kernel struct per kernel; the
+// kernels themselves are documented below.
+#![allow(missing_docs)]
 
 use cubecl::prelude::*;
 
@@ -34,6 +39,7 @@ pub fn gemv_kernel<V: Size>(
     #[comptime] threads_per_row: usize,
     #[comptime] rows_per_cube: usize,
     #[comptime] aligned: bool,
+    #[comptime] plane_reduce: bool,
 ) {
     let vec_size = V::value();
     let words_per_row = (k + 7) / 8;
@@ -46,7 +52,11 @@ pub fn gemv_kernel<V: Size>(
 
     // Stage the tables of this cube's rows (rows past N read nothing).
     let mut lut = Shared::<[f32]>::new_slice(comptime!(rows_per_cube * 16));
-    for i in range_stepped(UNIT_POS as usize, comptime!(rows_per_cube * 16), CUBE_DIM as usize) {
+    for i in range_stepped(
+        UNIT_POS as usize,
+        comptime!(rows_per_cube * 16),
+        CUBE_DIM as usize,
+    ) {
         let r = CUBE_POS * rows_per_cube + i / 16;
         let mut t = 0.0f32;
         if r < n {
@@ -123,32 +133,44 @@ pub fn gemv_kernel<V: Size>(
         }
     }
 
-    // Split-K reduction over the `threads_per_row` lanes of each row, in shared memory.
-    let mut red = Shared::<[f32]>::new_slice(comptime!(rows_per_cube * threads_per_row * m));
-    let base = (local_row * threads_per_row + lane) * m;
-    #[unroll]
-    for mm in 0..m {
-        red[base + mm] = acc[mm];
-    }
-    sync_cube();
-    // Runtime stride (uniform across the cube), halved each step: every unit reaches each sync.
-    let mut stride = CUBE_DIM_X as usize / 2;
-    while stride > 0 {
-        if lane < stride {
-            let other = base + stride * m;
-            #[unroll]
-            for mm in 0..m {
-                red[base + mm] += red[other + mm];
-            }
-        }
-        sync_cube();
-        stride /= 2;
-    }
-
-    if lane == 0 && row < n {
+    if plane_reduce {
+        // The row's `threads_per_row` units are one whole plane: one plane sum per batch row.
+        // Called by every unit (uniform control flow), written by lane 0.
         #[unroll]
         for mm in 0..m {
-            out[mm * n + row] = red[base + mm];
+            let total = plane_sum(acc[mm]);
+            if lane == 0 && row < n {
+                out[mm * n + row] = total;
+            }
+        }
+    } else {
+        // Split-K reduction over the `threads_per_row` lanes of each row, in shared memory.
+        let mut red = Shared::<[f32]>::new_slice(comptime!(rows_per_cube * threads_per_row * m));
+        let base = (local_row * threads_per_row + lane) * m;
+        #[unroll]
+        for mm in 0..m {
+            red[base + mm] = acc[mm];
+        }
+        sync_cube();
+        // Runtime stride (uniform across the cube), halved each step: every unit reaches each sync.
+        let mut stride = CUBE_DIM_X as usize / 2;
+        while stride > 0 {
+            if lane < stride {
+                let other = base + stride * m;
+                #[unroll]
+                for mm in 0..m {
+                    red[base + mm] += red[other + mm];
+                }
+            }
+            sync_cube();
+            stride /= 2;
+        }
+
+        if lane == 0 && row < n {
+            #[unroll]
+            for mm in 0..m {
+                out[mm * n + row] = red[base + mm];
+            }
         }
     }
 }

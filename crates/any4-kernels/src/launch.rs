@@ -81,7 +81,11 @@ fn check_handle(name: &'static str, h: &Handle, elems: usize) -> Result<(), Kern
     let expected_bytes = (elems * 4) as u64;
     let actual_bytes = h.size_in_used();
     if actual_bytes < expected_bytes {
-        return Err(KernelError::BufferTooSmall { name, expected_bytes, actual_bytes });
+        return Err(KernelError::BufferTooSmall {
+            name,
+            expected_bytes,
+            actual_bytes,
+        });
     }
     Ok(())
 }
@@ -95,10 +99,20 @@ impl Any4Weight {
         zeros: Handle,
         shape: WeightShape,
     ) -> Result<Self, KernelError> {
-        for ((name, h), len) in NAMES.iter().zip([&codes, &table, &scales, &zeros]).zip(shape.lens()) {
+        for ((name, h), len) in NAMES
+            .iter()
+            .zip([&codes, &table, &scales, &zeros])
+            .zip(shape.lens())
+        {
             check_handle(name, h, len)?;
         }
-        Ok(Self { codes, table, scales, zeros, shape })
+        Ok(Self {
+            codes,
+            table,
+            scales,
+            zeros,
+            shape,
+        })
     }
 
     /// Uploads host buffers, checking their lengths against `shape`.
@@ -113,7 +127,11 @@ impl Any4Weight {
         let actual = [codes.len(), table.len(), scales.len(), zeros.len()];
         for ((name, expected), actual) in NAMES.iter().zip(shape.lens()).zip(actual) {
             if expected != actual {
-                return Err(KernelError::LengthMismatch { name, expected, actual });
+                return Err(KernelError::LengthMismatch {
+                    name,
+                    expected,
+                    actual,
+                });
             }
         }
         Ok(Self {
@@ -137,8 +155,10 @@ pub enum Strategy {
     /// [`Strategy::Gemv`] for `M <= GEMV_MAX_M`, else [`Strategy::Gemm`].
     #[default]
     Auto,
-    /// Split-K LUT GEMV (decode); errors for `M > GEMV_MAX_M`.
+    /// Split-K LUT GEMV (decode) with the [`gemv_plan`] layout; errors for `M > GEMV_MAX_M`.
     Gemv,
+    /// GEMV with a caller-chosen layout (checked by [`GemvPlan::validate`]).
+    GemvPlanned(GemvPlan),
     /// Tiled LUT GEMM with the W tile dequantized into shared memory (prefill).
     Gemm,
     /// Dequantize to a dense f32 `W`, then a naive dense matmul: slow, always valid.
@@ -157,13 +177,21 @@ impl Strategy {
 }
 
 fn prev_pow2(v: usize) -> usize {
-    if v == 0 { 1 } else { 1 << (usize::BITS - 1 - v.leading_zeros()) }
+    if v == 0 {
+        1
+    } else {
+        1 << (usize::BITS - 1 - v.leading_zeros())
+    }
 }
 
 /// Units per cube for a 1-D kernel: a power of two within the device limits, at most `cap`.
 fn units_1d(client: &Client, cap: usize) -> usize {
     let hw = &client.properties().hardware;
-    prev_pow2((hw.max_units_per_cube as usize).min(hw.max_cube_dim.0 as usize).min(cap))
+    prev_pow2(
+        (hw.max_units_per_cube as usize)
+            .min(hw.max_cube_dim.0 as usize)
+            .min(cap),
+    )
 }
 
 /// Cube count for `cubes` cubes indexed linearly by `CUBE_POS` (spills into Y past the X limit).
@@ -173,7 +201,11 @@ fn linear_cube_count(client: &Client, cubes: usize) -> Result<CubeCount, KernelE
     let x = cubes.clamp(1, mx);
     let y = cubes.div_ceil(x);
     if y > my as usize {
-        return Err(KernelError::GridTooLarge { axis: "y", cubes: y, limit: my });
+        return Err(KernelError::GridTooLarge {
+            axis: "y",
+            cubes: y,
+            limit: my,
+        });
     }
     Ok(CubeCount::new_2d(x as u32, y as u32))
 }
@@ -260,11 +292,13 @@ pub fn matmul_into(
     check_handle("x", x, m * s.k)?;
     check_handle("out", out, m * s.n)?;
     match strategy.resolve(m) {
-        Strategy::Gemv => {
-            if m > GEMV_MAX_M {
-                return Err(KernelError::GemvBatchTooLarge { m, max: GEMV_MAX_M });
-            }
-            launch_gemv(client, weight, x, m, out)?
+        Strategy::Gemv | Strategy::GemvPlanned(_) if m > GEMV_MAX_M => {
+            return Err(KernelError::GemvBatchTooLarge { m, max: GEMV_MAX_M });
+        }
+        Strategy::Gemv => launch_gemv(client, weight, x, m, out, gemv_plan(client, s))?,
+        Strategy::GemvPlanned(plan) => {
+            plan.validate(client, s)?;
+            launch_gemv(client, weight, x, m, out, plan)?
         }
         Strategy::Gemm => launch_gemm(client, weight, x, m, out)?,
         Strategy::Fallback | Strategy::Auto => launch_fallback(client, weight, x, m, out)?,
@@ -273,34 +307,127 @@ pub fn matmul_into(
     Ok(())
 }
 
+/// How the GEMV kernel is laid out on a device for a shape. [`gemv_plan`] picks one;
+/// [`Strategy::GemvPlanned`] runs a given one (benches, tuning) after [`GemvPlan::validate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GemvPlan {
+    /// u32 words per code load (`Vector<u32, V>`): 4, 2 or 1; must divide `ceil(K/8)`.
+    pub vector_size: usize,
+    /// Apply scale/zero once per code vector; only valid when no vector straddles a group.
+    pub aligned: bool,
+    /// Units splitting K for one row (`CUBE_DIM_X`, a power of two).
+    pub threads_per_row: usize,
+    /// Output rows per cube (`CUBE_DIM_Y`).
+    pub rows_per_cube: usize,
+    /// Reduce split-K partials with a plane sum; needs `threads_per_row` = the plane size.
+    pub plane_reduce: bool,
+}
+
+/// Plane size usable for the GEMV reduction: fixed, a power of two ≥ 4, with plane ops.
+fn reducing_plane(client: &Client) -> Option<usize> {
+    let props = client.properties();
+    let hw = &props.hardware;
+    let size = hw.plane_size_max as usize;
+    let ok = hw.plane_size_min == hw.plane_size_max
+        && size >= 4
+        && size.is_power_of_two()
+        && size <= hw.max_units_per_cube as usize
+        && size <= hw.max_cube_dim.0 as usize
+        && props.features.plane.contains(cubecl::features::Plane::Ops);
+    ok.then_some(size)
+}
+
+fn vector_aligned(shape: WeightShape, v: usize) -> bool {
+    shape.group_size >= shape.k || shape.group_size % (8 * v) == 0
+}
+
+/// Chooses the GEMV layout for `shape` within `client`'s limits.
+pub fn gemv_plan(client: &Client, shape: WeightShape) -> GemvPlan {
+    let wpr = shape.words_per_row();
+    let supported: Vec<usize> = client.io_optimized_vector_sizes(4).collect();
+    // Widest code vector (≤ 4 words = 32 weights) that tiles a row; prefer one that never
+    // straddles a group, so scale/zero are applied once per vector.
+    let fits = |v: usize| wpr % v == 0 && (v == 1 || supported.contains(&v));
+    let candidates = [4usize, 2, 1];
+    let (vector_size, aligned) = candidates
+        .iter()
+        .copied()
+        .find(|&v| fits(v) && vector_aligned(shape, v))
+        .map(|v| (v, true))
+        .unwrap_or_else(|| {
+            (
+                candidates.into_iter().find(|&v| fits(v)).unwrap_or(1),
+                false,
+            )
+        });
+
+    let hw = &client.properties().hardware;
+    let max_units = (hw.max_units_per_cube as usize).max(1);
+    let (threads_per_row, plane_reduce) = match reducing_plane(client) {
+        Some(plane) => (plane, true),
+        None => {
+            let vecs_per_row = wpr / vector_size;
+            let t = prev_pow2(max_units.min(hw.max_cube_dim.0 as usize).min(32))
+                .min(vecs_per_row.next_power_of_two());
+            (t, false)
+        }
+    };
+    let rows_per_cube = prev_pow2(
+        (128 / threads_per_row)
+            .min(max_units / threads_per_row)
+            .min(hw.max_cube_dim.1 as usize)
+            .max(1),
+    );
+    GemvPlan {
+        vector_size,
+        aligned,
+        threads_per_row,
+        rows_per_cube,
+        plane_reduce,
+    }
+}
+
+impl GemvPlan {
+    /// Checks the plan against the shape and the device; `InvalidPlan` names the broken rule.
+    pub fn validate(&self, client: &Client, shape: WeightShape) -> Result<(), KernelError> {
+        let hw = &client.properties().hardware;
+        let fail = |rule: &'static str| Err(KernelError::InvalidPlan { plan: *self, rule });
+        let (v, t, r) = (self.vector_size, self.threads_per_row, self.rows_per_cube);
+        if ![1, 2, 4].contains(&v) || shape.words_per_row() % v != 0 {
+            return fail("vector_size must be 1, 2 or 4 and divide ceil(K/8)");
+        }
+        if v > 1 && !client.io_optimized_vector_sizes(4).any(|s| s == v) {
+            return fail("vector_size not supported by the runtime");
+        }
+        if self.aligned && !vector_aligned(shape, v) {
+            return fail("aligned needs 8 * vector_size to divide the group size (or G >= K)");
+        }
+        if !t.is_power_of_two() || r == 0 {
+            return fail("threads_per_row must be a power of two and rows_per_cube > 0");
+        }
+        if t > hw.max_cube_dim.0 as usize
+            || r > hw.max_cube_dim.1 as usize
+            || t * r > hw.max_units_per_cube as usize
+        {
+            return fail("cube exceeds the runtime's limits");
+        }
+        if self.plane_reduce && reducing_plane(client) != Some(t) {
+            return fail("plane_reduce needs threads_per_row == the runtime's fixed plane size");
+        }
+        Ok(())
+    }
+}
+
 fn launch_gemv(
     client: &Client,
     weight: &Any4Weight,
     x: &Handle,
     m: usize,
     out: &Handle,
+    plan: GemvPlan,
 ) -> Result<(), KernelError> {
     let s = weight.shape;
-    let wpr = s.words_per_row();
-    let supported: Vec<usize> = client.io_optimized_vector_sizes(4).collect();
-    // Widest code vector (≤ 4 words = 32 weights) that tiles a row; prefer one that never
-    // straddles a group, so scale/zero are applied once per vector.
-    let fits = |v: usize| wpr % v == 0 && (v == 1 || supported.contains(&v));
-    let aligned_for = |v: usize| s.group_size >= s.k || s.group_size % (8 * v) == 0;
-    let candidates = [4usize, 2, 1];
-    let (vec, aligned) = candidates
-        .iter()
-        .copied()
-        .find(|&v| fits(v) && aligned_for(v))
-        .map(|v| (v, true))
-        .unwrap_or_else(|| (candidates.into_iter().find(|&v| fits(v)).unwrap_or(1), false));
-
-    let hw = &client.properties().hardware;
-    let max_units = (hw.max_units_per_cube as usize).max(1);
-    let vecs_per_row = wpr / vec;
-    let tpr = prev_pow2(max_units.min(hw.max_cube_dim.0 as usize).min(32))
-        .min(vecs_per_row.next_power_of_two());
-    let rpc = prev_pow2((128 / tpr).min(max_units / tpr).min(hw.max_cube_dim.1 as usize).max(1));
+    let (vec, tpr, rpc) = (plan.vector_size, plan.threads_per_row, plan.rows_per_cube);
     let count = linear_cube_count(client, s.n.div_ceil(rpc))?;
     let [lc, lt, lsz, _] = s.lens();
     // SAFETY (lengths): handles were checked against the shape; `codes` holds `lc / vec` vectors.
@@ -322,7 +449,8 @@ fn launch_gemv(
             m,
             tpr,
             rpc,
-            aligned,
+            plan.aligned,
+            plan.plane_reduce,
         );
     }
     Ok(())
@@ -343,10 +471,18 @@ fn launch_gemm(
     let (mx, my, _) = client.properties().hardware.max_cube_count;
     let (cx, cy) = (s.n.div_ceil(tile), m.div_ceil(tile));
     if cx > mx.min(65_535) as usize {
-        return Err(KernelError::GridTooLarge { axis: "x (N tiles)", cubes: cx, limit: mx });
+        return Err(KernelError::GridTooLarge {
+            axis: "x (N tiles)",
+            cubes: cx,
+            limit: mx,
+        });
     }
     if cy > my.min(65_535) as usize {
-        return Err(KernelError::GridTooLarge { axis: "y (M tiles)", cubes: cy, limit: my });
+        return Err(KernelError::GridTooLarge {
+            axis: "y (M tiles)",
+            cubes: cy,
+            limit: my,
+        });
     }
     let [lc, lt, lsz, _] = s.lens();
     // SAFETY (lengths): handles were checked against the shape.

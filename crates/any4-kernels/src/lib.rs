@@ -25,8 +25,8 @@ pub mod reference;
 
 pub use error::KernelError;
 pub use launch::{
-    Any4Weight, GEMV_MAX_M, Strategy, WeightShape, dequantize_f16, dequantize_f32, matmul,
-    matmul_into,
+    Any4Weight, GEMV_MAX_M, GemvPlan, Strategy, WeightShape, dequantize_f16, dequantize_f32,
+    gemv_plan, matmul, matmul_into,
 };
 
 /// Re-exported so callers name the same CubeCL version as the kernels.

@@ -77,3 +77,30 @@ pub fn pack_codes(codes: &[u8], n: usize, k: usize) -> Vec<u32> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand-computed: K = 10 (two words, last one padded), G = 4 (groups 4, 4, 2).
+    #[test]
+    fn dequantize_and_matmul_by_hand() {
+        let shape = RefShape {
+            n: 1,
+            k: 10,
+            group_size: 4,
+        };
+        let raw: Vec<u8> = vec![0, 1, 2, 3, 15, 14, 13, 12, 5, 6];
+        let codes = pack_codes(&raw, 1, 10);
+        assert_eq!(codes, vec![0xCDEF_3210, 0x65]);
+        let table: Vec<f32> = (0..16).map(|i| i as f32 * 10.0).collect();
+        let (scales, zeros) = (vec![1.0, 2.0, 0.5], vec![0.0, 1.0, -1.0]);
+        let w = dequantize(&codes, &table, &scales, &zeros, shape);
+        let want = [
+            0.0, 10.0, 20.0, 30.0, 301.0, 281.0, 261.0, 241.0, 24.0, 29.0,
+        ];
+        assert_eq!(w, want);
+        let x = [1.0f32; 10];
+        assert_eq!(matmul(&x, &w, 1, 1, 10), vec![want.iter().sum::<f32>()]);
+    }
+}

@@ -48,7 +48,11 @@ struct HostWeight {
 impl HostWeight {
     fn random(n: usize, k: usize, g: usize, seed: u64) -> Self {
         let mut rng = Rng(seed);
-        let shape = RefShape { n, k, group_size: g };
+        let shape = RefShape {
+            n,
+            k,
+            group_size: g,
+        };
         let raw: Vec<u8> = (0..n * k).map(|_| (rng.next_u64() % 16) as u8).collect();
         let ng = shape.n_groups();
         Self {
@@ -69,11 +73,25 @@ impl HostWeight {
 
     fn upload(&self, client: &Client) -> Any4Weight {
         let s = WeightShape::new(self.shape.n, self.shape.k, self.shape.group_size).unwrap();
-        Any4Weight::upload(client, &self.codes, &self.table, &self.scales, &self.zeros, s).unwrap()
+        Any4Weight::upload(
+            client,
+            &self.codes,
+            &self.table,
+            &self.scales,
+            &self.zeros,
+            s,
+        )
+        .unwrap()
     }
 
     fn dense(&self) -> Vec<f32> {
-        reference::dequantize(&self.codes, &self.table, &self.scales, &self.zeros, self.shape)
+        reference::dequantize(
+            &self.codes,
+            &self.table,
+            &self.scales,
+            &self.zeros,
+            self.shape,
+        )
     }
 
     /// Per output `(m, n)`: `Σ_k |x|·(|table·scale| + |zero|)`, the scale errors are relative to.
@@ -144,7 +162,12 @@ fn check_matmul(client: &Client, n: usize, k: usize, g: usize, seed: u64) {
             let y = any4_kernels::matmul(client, &weight, &xh, m, strategy)
                 .unwrap_or_else(|e| panic!("{strategy:?} M={m}: {e}"));
             let got = read_f32(client, y);
-            assert_close(&format!("N={n} K={k} G={g} M={m} {strategy:?}"), &got, &want, &scale);
+            assert_close(
+                &format!("N={n} K={k} G={g} M={m} {strategy:?}"),
+                &got,
+                &want,
+                &scale,
+            );
         }
     }
 }
@@ -153,7 +176,10 @@ fn check_dequantize(client: &Client, n: usize, k: usize, g: usize) {
     let host = HostWeight::random(n, k, g, 7);
     let weight = host.upload(client);
     let want = host.dense();
-    let got = read_f32(client, any4_kernels::dequantize_f32(client, &weight).unwrap());
+    let got = read_f32(
+        client,
+        any4_kernels::dequantize_f32(client, &weight).unwrap(),
+    );
     // One multiply-add per weight: exact up to fused-vs-separate rounding.
     let scale: Vec<f32> = want.iter().map(|w| w.abs().max(1.0)).collect();
     assert_close("dequantize f32", &got, &want, &scale);
@@ -164,7 +190,10 @@ fn check_dequantize(client: &Client, n: usize, k: usize, g: usize) {
             let got: Vec<half::f16> = bytemuck::pod_collect_to_vec(&bytes[..]);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 let tol = 1e-3 * w.abs().max(1.0); // f16 has an 11-bit mantissa
-                assert!((g.to_f32() - w).abs() <= tol, "dequantize f16 at {i}: {g} vs {w}");
+                assert!(
+                    (g.to_f32() - w).abs() <= tol,
+                    "dequantize f16 at {i}: {g} vs {w}"
+                );
             }
         }
         Err(KernelError::UnsupportedType(t)) => eprintln!("dequantize_f16 skipped: no {t}"),
@@ -201,7 +230,10 @@ fn check_adversarial(client: &Client) {
             };
             let negated = run(&neg);
             for (i, (a, b)) in base.iter().zip(&negated).enumerate() {
-                assert_eq!(*a, -*b, "M={m} {strategy:?}: -table,-zero must negate y exactly at {i}");
+                assert_eq!(
+                    *a, -*b,
+                    "M={m} {strategy:?}: -table,-zero must negate y exactly at {i}"
+                );
             }
 
             let both = HostWeight {
@@ -213,29 +245,50 @@ fn check_adversarial(client: &Client) {
             };
             let same = run(&both);
             for (i, (a, b)) in base.iter().zip(&same).enumerate() {
-                assert_eq!(a, b, "M={m} {strategy:?}: -table,-scale must keep y exactly at {i}");
+                assert_eq!(
+                    a, b,
+                    "M={m} {strategy:?}: -table,-scale must keep y exactly at {i}"
+                );
             }
         }
     }
 }
 
 fn check_errors(client: &Client) {
-    assert!(matches!(WeightShape::new(0, 8, 8), Err(KernelError::ZeroDimension { what: "N" })));
-    assert!(matches!(WeightShape::new(8, 8, 0), Err(KernelError::ZeroDimension { .. })));
+    assert!(matches!(
+        WeightShape::new(0, 8, 8),
+        Err(KernelError::ZeroDimension { what: "N" })
+    ));
+    assert!(matches!(
+        WeightShape::new(8, 8, 0),
+        Err(KernelError::ZeroDimension { .. })
+    ));
     let host = HostWeight::random(16, 64, 32, 3);
     let shape = WeightShape::new(16, 64, 32).unwrap();
     let short = &host.codes[1..];
     let err = Any4Weight::upload(client, short, &host.table, &host.scales, &host.zeros, shape);
-    assert!(matches!(err, Err(KernelError::LengthMismatch { name: "codes", .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(KernelError::LengthMismatch { name: "codes", .. })),
+        "{err:?}"
+    );
 
     let weight = host.upload(client);
     let x = client.create_from_slice(bytemuck::cast_slice(&vec![0.0f32; 9 * 64]));
     let err = any4_kernels::matmul(client, &weight, &x, 9, Strategy::Gemv);
-    assert!(matches!(err, Err(KernelError::GemvBatchTooLarge { m: 9, .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(KernelError::GemvBatchTooLarge { m: 9, .. })),
+        "{err:?}"
+    );
     let err = any4_kernels::matmul(client, &weight, &x, 10, Strategy::Auto);
-    assert!(matches!(err, Err(KernelError::BufferTooSmall { name: "x", .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(KernelError::BufferTooSmall { name: "x", .. })),
+        "{err:?}"
+    );
     let err = any4_kernels::matmul(client, &weight, &x, 0, Strategy::Auto);
-    assert!(matches!(err, Err(KernelError::ZeroDimension { what: "M" })), "{err:?}");
+    assert!(
+        matches!(err, Err(KernelError::ZeroDimension { what: "M" })),
+        "{err:?}"
+    );
     let small = client.create_from_slice(bytemuck::cast_slice(&[0u32; 4]));
     let err = Any4Weight::from_handles(
         small,
@@ -244,7 +297,90 @@ fn check_errors(client: &Client) {
         weight.zeros.clone(),
         shape,
     );
-    assert!(matches!(err, Err(KernelError::BufferTooSmall { name: "codes", .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(KernelError::BufferTooSmall { name: "codes", .. })),
+        "{err:?}"
+    );
+}
+
+fn check_plans(client: &Client) {
+    let plan = |n, k, g| any4_kernels::gemv_plan(client, WeightShape::new(n, k, g).unwrap());
+    let p = plan(96, 576, 128);
+    eprintln!("gemv plan K=576 G=128: {p:?}");
+    assert!(p.aligned && 72 % p.vector_size == 0);
+    assert!(
+        plan(33, 100, 100).aligned,
+        "one group per row is always aligned"
+    );
+    assert_eq!(
+        plan(35, 100, 12).aligned,
+        false,
+        "G=12 straddles every code word"
+    );
+    assert_eq!(
+        plan(35, 100, 12).vector_size,
+        1,
+        "13 words per row only tile by 1"
+    );
+    let p = plan(4096, 4096, 128);
+    eprintln!("gemv plan K=4096 G=128: {p:?}");
+    assert!(p.threads_per_row.is_power_of_two() && p.rows_per_cube >= 1);
+}
+
+/// Every valid GEMV layout (vector width, per-vector vs per-weight scaling, split-K width,
+/// shared-memory vs plane reduction) must agree with the reference.
+fn check_gemv_plans_explicit(client: &Client) {
+    let (n, k, g) = (77, 576, 128);
+    let host = HostWeight::random(n, k, g, 21);
+    let weight = host.upload(client);
+    let shape = weight.shape();
+    let auto = any4_kernels::gemv_plan(client, shape);
+    let mut rng = Rng(5);
+    let mut ran = 0;
+    for m in [1usize, 3, 8] {
+        let x = rng.vec(m * k, -1.0, 1.0);
+        let xh = client.create_from_slice(bytemuck::cast_slice(&x));
+        let want = reference::matmul(&x, &host.dense(), m, n, k);
+        let scale = host.output_scale(&x, m);
+        for vector_size in [1, 2, 4] {
+            for aligned in [false, true] {
+                for threads_per_row in [1, 2, 8, 32] {
+                    for plane_reduce in [false, auto.plane_reduce] {
+                        let plan = any4_kernels::GemvPlan {
+                            vector_size,
+                            aligned,
+                            threads_per_row,
+                            rows_per_cube: 2,
+                            plane_reduce,
+                        };
+                        if plan.validate(client, shape).is_err() {
+                            continue;
+                        }
+                        let strategy = Strategy::GemvPlanned(plan);
+                        let y = any4_kernels::matmul(client, &weight, &xh, m, strategy).unwrap();
+                        let got = read_f32(client, y);
+                        assert_close(&format!("M={m} {plan:?}"), &got, &want, &scale);
+                        ran += 1;
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("explicit GEMV plans run: {ran} (auto plan {auto:?})");
+    assert!(ran >= 6, "too few valid plans ({ran})");
+
+    let bad = any4_kernels::GemvPlan {
+        aligned: true,
+        vector_size: 1,
+        ..auto
+    };
+    let w12 = HostWeight::random(8, 96, 12, 1).upload(client);
+    let x = client.create_from_slice(bytemuck::cast_slice(&[0.0f32; 96]));
+    let err = any4_kernels::matmul(client, &w12, &x, 1, Strategy::GemvPlanned(bad));
+    assert!(
+        matches!(err, Err(KernelError::InvalidPlan { .. })),
+        "{err:?}"
+    );
 }
 
 macro_rules! runtime_tests {
@@ -270,23 +406,50 @@ macro_rules! runtime_tests {
                 };
             }
 
-            case!(square_128_g32, |c: &Client| check_matmul(c, 128, 128, 32, 1));
-            case!(non_square_200x256_g64, |c: &Client| check_matmul(c, 200, 256, 64, 2));
-            case!(n_not_tile_multiple_77, |c: &Client| check_matmul(c, 77, 128, 32, 3));
-            case!(short_last_group_k576_g128, |c: &Client| check_matmul(c, 96, 576, 128, 4));
-            case!(per_row_group_k576, |c: &Client| check_matmul(c, 64, 576, 576, 5));
-            case!(k_not_multiple_of_8_per_row, |c: &Client| check_matmul(c, 33, 100, 100, 6));
-            case!(unaligned_groups_g12_k100, |c: &Client| check_matmul(c, 35, 100, 12, 7));
-            case!(dequantize_k576_g128, |c: &Client| check_dequantize(c, 50, 576, 128));
-            case!(dequantize_k100_g12, |c: &Client| check_dequantize(c, 9, 100, 12));
+            case!(square_128_g32, |c: &Client| check_matmul(
+                c, 128, 128, 32, 1
+            ));
+            case!(non_square_200x256_g64, |c: &Client| check_matmul(
+                c, 200, 256, 64, 2
+            ));
+            case!(n_not_tile_multiple_77, |c: &Client| check_matmul(
+                c, 77, 128, 32, 3
+            ));
+            case!(short_last_group_k576_g128, |c: &Client| check_matmul(
+                c, 96, 576, 128, 4
+            ));
+            case!(per_row_group_k576, |c: &Client| check_matmul(
+                c, 64, 576, 576, 5
+            ));
+            case!(k_not_multiple_of_8_per_row, |c: &Client| check_matmul(
+                c, 33, 100, 100, 6
+            ));
+            case!(unaligned_groups_g12_k100, |c: &Client| check_matmul(
+                c, 35, 100, 12, 7
+            ));
+            case!(dequantize_k576_g128, |c: &Client| check_dequantize(
+                c, 50, 576, 128
+            ));
+            case!(dequantize_k100_g12, |c: &Client| check_dequantize(
+                c, 9, 100, 12
+            ));
             case!(adversarial_int4_negation, check_adversarial);
             case!(shape_errors, check_errors);
+            case!(gemv_plans, check_plans);
+            case!(gemv_plans_explicit, check_gemv_plans_explicit);
         }
     };
 }
 
 #[cfg(feature = "cpu")]
-runtime_tests!(cpu, Some(any4_kernels::cubecl::Device::cpu().expect("cpu runtime").client()));
+runtime_tests!(
+    cpu,
+    Some(
+        any4_kernels::cubecl::Device::cpu()
+            .expect("cpu runtime")
+            .client()
+    )
+);
 
 #[cfg(feature = "wgpu")]
 runtime_tests!(
@@ -299,4 +462,9 @@ runtime_tests!(
 );
 
 #[cfg(feature = "cuda")]
-runtime_tests!(cuda, any4_kernels::cubecl::Device::cuda(0).ok().map(|d| d.client()));
+runtime_tests!(
+    cuda,
+    any4_kernels::cubecl::Device::cuda(0)
+        .ok()
+        .map(|d| d.client())
+);

@@ -17,11 +17,7 @@ pub(super) fn solve(p: &Points, k: usize) -> Vec<f64> {
     let mut cur = vec![f64::INFINITY; n];
     let mut split = vec![vec![0u32; n]; k];
     for (m, split_m) in split.iter_mut().enumerate().skip(1) {
-        let layer = Layer {
-            p,
-            prev: &prev,
-            m,
-        };
+        let layer = Layer { p, prev: &prev, m };
         cur.iter_mut().for_each(|c| *c = f64::INFINITY);
         layer.fill(m, n - 1, m, n - 1, &mut cur, split_m);
         std::mem::swap(&mut prev, &mut cur);
