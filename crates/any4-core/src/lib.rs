@@ -29,8 +29,10 @@ pub mod pack;
 mod quantize;
 pub mod rng;
 mod simd;
+mod view;
 
 pub use config::{Any4Config, Format, GroupSize, Init, KMeansConfig, ParamDtype, Scaling, Solver};
 pub use error::{Any4Error, Result};
 pub use matmul::dense_matmul;
 pub use quantize::{QuantizedMatrix, Reconstruction, TABLE_LEN, quantize};
+pub use view::QuantizedView;

@@ -10,13 +10,13 @@
 use rayon::prelude::*;
 
 use crate::error::{Any4Error, Result};
-use crate::quantize::QuantizedMatrix;
 use crate::simd::Isa;
+use crate::view::QuantizedView;
 
 /// Rows per rayon task: large enough to amortise scheduling, small enough to balance 2–64 cores.
 const ROWS_PER_TASK: usize = 16;
 
-impl QuantizedMatrix {
+impl QuantizedView<'_> {
     /// `y = x · Wᵀ` for row-major `x: [m, cols]`, returning row-major `[m, rows]` (f32
     /// accumulation). Errors if `x` is not `m × cols`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
@@ -62,8 +62,7 @@ impl QuantizedMatrix {
         let (k, group, groups) = (self.cols(), self.group_len(), self.groups());
         let table = self.row_table(row);
         let words = self.row_codes(row);
-        let scales = &self.scales()[row * groups..(row + 1) * groups];
-        let zeros = &self.zeros()[row * groups..(row + 1) * groups];
+        let (scales, zeros) = (self.row_scales(row), self.row_zeros(row));
         y.iter_mut().for_each(|v| *v = 0.0);
         for g in 0..groups {
             let start = g * group;

@@ -7,6 +7,7 @@ use crate::error::{Any4Error, Result};
 use crate::kmeans;
 use crate::levels::{self, Domain};
 use crate::pack::{self, words_per_row};
+use crate::view::QuantizedView;
 
 /// Entries of every stored table (anyN with N < 4 pads the unused ones; codes never index them).
 pub const TABLE_LEN: usize = 16;
@@ -349,10 +350,21 @@ impl QuantizedMatrix {
     pub fn codes(&self) -> &[u32] {
         &self.codes
     }
+    /// Borrowed view (what [`matmul`](QuantizedView::matmul) and dequantization run on).
+    pub fn view(&self) -> QuantizedView<'_> {
+        QuantizedView::new(
+            self.shape(),
+            self.config.group_size(),
+            &self.codes,
+            &self.table,
+            &self.scales,
+            &self.zeros,
+        )
+        .expect("a QuantizedMatrix is consistent by construction")
+    }
     /// Packed codes of one row.
     pub fn row_codes(&self, row: usize) -> &[u32] {
-        let wpr = words_per_row(self.cols);
-        &self.codes[row * wpr..(row + 1) * wpr]
+        self.view().row_codes(row)
     }
     /// Stored tables, `table_rows × 16`.
     pub fn table(&self) -> &[f32] {
@@ -364,10 +376,7 @@ impl QuantizedMatrix {
     }
     /// The table used by `row`.
     pub fn row_table(&self, row: usize) -> &[f32; TABLE_LEN] {
-        let r = if self.table_rows() == 1 { 0 } else { row };
-        self.table[r * TABLE_LEN..(r + 1) * TABLE_LEN]
-            .try_into()
-            .expect("table rows have 16 entries")
+        self.view().row_table(row)
     }
     /// Per-group scales, `rows × groups`.
     pub fn scales(&self) -> &[f32] {
@@ -397,28 +406,17 @@ impl QuantizedMatrix {
 
     /// Dequantize one row into `out` (`cols` values).
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
-        assert_eq!(out.len(), self.cols, "dequantize_row: output length");
-        let table = self.row_table(row);
-        let words = self.row_codes(row);
-        let g = self.groups();
-        let (s, z) = (
-            &self.scales[row * g..(row + 1) * g],
-            &self.zeros[row * g..(row + 1) * g],
-        );
-        let group = self.group_len();
-        for (j, o) in out.iter_mut().enumerate() {
-            let gi = j / group;
-            *o = table[pack::code(words, j) as usize] * s[gi] + z[gi];
-        }
+        self.view().dequantize_row(row, out)
     }
 
     /// The dense `[rows, cols]` matrix the codes represent.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0.0; self.rows * self.cols];
-        out.par_chunks_mut(self.cols)
-            .enumerate()
-            .for_each(|(r, o)| self.dequantize_row(r, o));
-        out
+        self.view().dequantize()
+    }
+
+    /// `y = x · Wᵀ` for row-major `x: [m, cols]` → `[m, rows]` (see [`QuantizedView::matmul`]).
+    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        self.view().matmul(x, m)
     }
 
     /// Reconstruction error against the original weights (see [`Reconstruction`]).

@@ -23,8 +23,8 @@ pub fn dequantize_kernel<F: Float>(
     k: usize,
     group_size: usize,
 ) {
-    let words_per_row = (k + 7) / 8;
-    let n_groups = (k + group_size - 1) / group_size;
+    let words_per_row = k.div_ceil(8);
+    let n_groups = k.div_ceil(group_size);
     let idx = ABSOLUTE_POS;
     if idx < n * words_per_row {
         let row = idx / words_per_row;

@@ -39,8 +39,8 @@ pub fn gemm_kernel(
 ) {
     let per_unit = comptime!(tile_m * tile_n / units);
     let words_per_tile = comptime!(tile_k / 8);
-    let words_per_row = (k + 7) / 8;
-    let n_groups = (k + group_size - 1) / group_size;
+    let words_per_row = k.div_ceil(8);
+    let n_groups = k.div_ceil(group_size);
     let m0 = CUBE_POS_Y as usize * tile_m;
     let n0 = CUBE_POS_X as usize * tile_n;
     let unit = UNIT_POS as usize;
@@ -54,7 +54,7 @@ pub fn gemm_kernel(
         acc[i] = 0.0f32;
     }
 
-    let n_ktiles = (k + tile_k - 1) / tile_k;
+    let n_ktiles = k.div_ceil(tile_k);
     for kt in 0..n_ktiles {
         let k0 = kt * tile_k;
 

@@ -42,9 +42,9 @@ pub fn gemv_kernel<V: Size>(
     #[comptime] plane_reduce: bool,
 ) {
     let vec_size = V::value();
-    let words_per_row = (k + 7) / 8;
+    let words_per_row = k.div_ceil(8);
     let vecs_per_row = words_per_row / vec_size;
-    let n_groups = (k + group_size - 1) / group_size;
+    let n_groups = k.div_ceil(group_size);
 
     let lane = UNIT_POS_X as usize;
     let local_row = UNIT_POS_Y as usize;

@@ -323,13 +323,13 @@ pub struct GemvPlan {
     pub plane_reduce: bool,
 }
 
-/// Plane size usable for the GEMV reduction: fixed, a power of two ≥ 4, with plane ops.
-fn reducing_plane(client: &Client) -> Option<usize> {
+/// The runtime's plane size if it is fixed, a power of two, fits a cube row and has plane ops:
+/// then a row of exactly that many units is one plane and can reduce with `plane_sum`.
+fn fixed_plane(client: &Client) -> Option<usize> {
     let props = client.properties();
     let hw = &props.hardware;
     let size = hw.plane_size_max as usize;
     let ok = hw.plane_size_min == hw.plane_size_max
-        && size >= 4
         && size.is_power_of_two()
         && size <= hw.max_units_per_cube as usize
         && size <= hw.max_cube_dim.0 as usize
@@ -337,8 +337,14 @@ fn reducing_plane(client: &Client) -> Option<usize> {
     ok.then_some(size)
 }
 
+/// Plane size the automatic plan reduces with: a fixed plane of at least 4 lanes (a CPU "plane"
+/// of 1 would mean no split-K at all).
+fn reducing_plane(client: &Client) -> Option<usize> {
+    fixed_plane(client).filter(|&size| size >= 4)
+}
+
 fn vector_aligned(shape: WeightShape, v: usize) -> bool {
-    shape.group_size >= shape.k || shape.group_size % (8 * v) == 0
+    shape.group_size >= shape.k || shape.group_size.is_multiple_of(8 * v)
 }
 
 /// Chooses the GEMV layout for `shape` within `client`'s limits.
@@ -347,7 +353,7 @@ pub fn gemv_plan(client: &Client, shape: WeightShape) -> GemvPlan {
     let supported: Vec<usize> = client.io_optimized_vector_sizes(4).collect();
     // Widest code vector (≤ 4 words = 32 weights) that tiles a row; prefer one that never
     // straddles a group, so scale/zero are applied once per vector.
-    let fits = |v: usize| wpr % v == 0 && (v == 1 || supported.contains(&v));
+    let fits = |v: usize| wpr.is_multiple_of(v) && (v == 1 || supported.contains(&v));
     let candidates = [4usize, 2, 1];
     let (vector_size, aligned) = candidates
         .iter()
@@ -393,7 +399,7 @@ impl GemvPlan {
         let hw = &client.properties().hardware;
         let fail = |rule: &'static str| Err(KernelError::InvalidPlan { plan: *self, rule });
         let (v, t, r) = (self.vector_size, self.threads_per_row, self.rows_per_cube);
-        if ![1, 2, 4].contains(&v) || shape.words_per_row() % v != 0 {
+        if ![1, 2, 4].contains(&v) || !shape.words_per_row().is_multiple_of(v) {
             return fail("vector_size must be 1, 2 or 4 and divide ceil(K/8)");
         }
         if v > 1 && !client.io_optimized_vector_sizes(4).any(|s| s == v) {
@@ -411,7 +417,7 @@ impl GemvPlan {
         {
             return fail("cube exceeds the runtime's limits");
         }
-        if self.plane_reduce && reducing_plane(client) != Some(t) {
+        if self.plane_reduce && fixed_plane(client) != Some(t) {
             return fail("plane_reduce needs threads_per_row == the runtime's fixed plane size");
         }
         Ok(())

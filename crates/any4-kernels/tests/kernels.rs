@@ -124,7 +124,8 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32]) {
     let mut worst = (0.0f32, 0usize);
     for (i, ((g, w), s)) in got.iter().zip(want).zip(scale).enumerate() {
         let err = (g - w).abs() / s.max(1e-12);
-        if !(err <= worst.0) {
+        // A NaN output must be reported (and fail): it sticks once recorded.
+        if err.is_nan() || err > worst.0 {
             worst = (err, i);
         }
     }
@@ -305,6 +306,15 @@ fn check_errors(client: &Client) {
 
 fn check_plans(client: &Client) {
     let plan = |n, k, g| any4_kernels::gemv_plan(client, WeightShape::new(n, k, g).unwrap());
+    let props = client.properties();
+    eprintln!(
+        "plane sizes {}..={}, plane features {:?}, max units/cube {}, vector sizes {:?}",
+        props.hardware.plane_size_min,
+        props.hardware.plane_size_max,
+        props.features.plane,
+        props.hardware.max_units_per_cube,
+        client.io_optimized_vector_sizes(4).collect::<Vec<_>>()
+    );
     let p = plan(96, 576, 128);
     eprintln!("gemv plan K=576 G=128: {p:?}");
     assert!(p.aligned && 72 % p.vector_size == 0);
@@ -312,11 +322,7 @@ fn check_plans(client: &Client) {
         plan(33, 100, 100).aligned,
         "one group per row is always aligned"
     );
-    assert_eq!(
-        plan(35, 100, 12).aligned,
-        false,
-        "G=12 straddles every code word"
-    );
+    assert!(!plan(35, 100, 12).aligned, "G=12 straddles every code word");
     assert_eq!(
         plan(35, 100, 12).vector_size,
         1,
@@ -337,15 +343,15 @@ fn check_gemv_plans_explicit(client: &Client) {
     let auto = any4_kernels::gemv_plan(client, shape);
     let mut rng = Rng(5);
     let mut ran = 0;
-    for m in [1usize, 3, 8] {
+    for m in [1usize, 3] {
         let x = rng.vec(m * k, -1.0, 1.0);
         let xh = client.create_from_slice(bytemuck::cast_slice(&x));
         let want = reference::matmul(&x, &host.dense(), m, n, k);
         let scale = host.output_scale(&x, m);
         for vector_size in [1, 2, 4] {
             for aligned in [false, true] {
-                for threads_per_row in [1, 2, 8, 32] {
-                    for plane_reduce in [false, auto.plane_reduce] {
+                for threads_per_row in [1, 2, 32] {
+                    for plane_reduce in [false, true] {
                         let plan = any4_kernels::GemvPlan {
                             vector_size,
                             aligned,

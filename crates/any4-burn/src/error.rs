@@ -1,0 +1,63 @@
+//! Errors of the Burn integration: quantization, calibration and checkpoints.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Why a quantization, calibration or checkpoint operation failed.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The numerics refused a layer (NaN weights, bad shapes, ...).
+    #[error("{0}")]
+    Core(#[from] any4_core::Any4Error),
+    /// The same, with the layer it happened in.
+    #[error("layer `{layer}`: {source}")]
+    Layer {
+        /// Module path of the layer.
+        layer: String,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+    /// Tensor data could not be read in the expected element type.
+    #[error("tensor data: {0}")]
+    Data(String),
+    /// An include/exclude pattern that is not a valid glob.
+    #[error("invalid layer pattern `{0}`: use `*` as the only wildcard")]
+    Pattern(String),
+    /// A calibration statistic is missing for a layer that needs one.
+    #[error(
+        "no calibration statistics for layer `{0}` (was it reached by the calibration forward?)"
+    )]
+    MissingStats(String),
+    /// File system error, with the file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint that is not valid, with the file and what is wrong.
+    #[error("{}: {reason}", path.display())]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong (missing tensor, shape, dtype, schema, ...).
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Attach the layer path to an error.
+    pub fn in_layer(self, layer: &str) -> Error {
+        Error::Layer {
+            layer: layer.to_string(),
+            source: Box::new(self),
+        }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,40 @@
+//! # any4-burn
+//!
+//! any4 for the Burn framework: the `Any4Backend` extension (`any4_matmul`, `any4_dequantize`),
+//! the `QLinear` layer that model code is written against, calibration, the quantization pass
+//! and checkpoints.
+//!
+//! ```
+//! use any4_burn::{quantize, QLinear, QuantizeConfig};
+//! use burn::tensor::{Device, Tensor};
+//!
+//! let device = Device::flex();
+//! let layer = QLinear::init(256, 64, true, &device);
+//! let x = Tensor::<2>::ones([3, 256], &device);
+//! let dense = layer.forward(x.clone());
+//! let (layer, report) = quantize(layer, &QuantizeConfig::default(), None)?;
+//! assert!(layer.is_quantized());
+//! let y = layer.forward(x);
+//! assert_eq!(y.dims(), dense.dims());
+//! assert_eq!(report.layers.len(), 1);
+//! # Ok::<(), any4_burn::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+mod calib;
+mod error;
+mod linear;
+mod pass;
+mod pattern;
+mod weight;
+
+pub use calib::{CALIBRATION_PROMPT, CalibrationStats, Calibrator, ChannelSums, Probe};
+pub use error::{Error, Result};
+pub use linear::{
+    Any4Linear, CalibratingLinear, QLinear, QLinearContainer, join_path, qlinear_paths,
+};
+pub use pass::{
+    BlockwiseModel, LayerReport, QuantizeConfig, Report, quantize, quantize_sequential,
+};
+pub use pattern::LayerPattern;
+pub use weight::{Any4Backend, Any4Tensors, Any4Weight, Route, route};

@@ -1,0 +1,335 @@
+//! The quantization pass: every selected dense `QLinear` of a model becomes an any4 layer.
+//!
+//! Two calibration modes (ANY4.md §3):
+//! - **one-shot** ([`quantize`]): statistics from the full-precision model, collected by the
+//!   caller with a [`Calibrator`](crate::Calibrator) in one forward pass (or none: unweighted);
+//! - **sequential** ([`quantize_sequential`]): block by block, each block calibrated on the
+//!   output of the already-quantized blocks before it — one forward per block to record, one
+//!   through the quantized block to move on, instead of the reference's forward per linear.
+//!
+//! Only one layer's dense weight is copied to the host at a time; rows are quantized in
+//! parallel on all cores (any4-core), and the result does not depend on the thread count.
+
+use std::fmt;
+use std::time::Instant;
+
+use any4_core::{Any4Config, quantize as quantize_matrix};
+use burn::tensor::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::calib::{CalibrationStats, Calibrator};
+use crate::error::{Error, Result};
+use crate::linear::{Any4Linear, QLinear, QLinearContainer, read_vec};
+use crate::pattern::LayerPattern;
+
+/// What to quantize and how.
+#[derive(Debug, Clone)]
+pub struct QuantizeConfig {
+    /// Format, group size, scaling, k-means options.
+    pub any4: Any4Config,
+    /// Layers to quantize (empty: all). Patterns: see [`LayerPattern`].
+    pub include: Vec<LayerPattern>,
+    /// Layers to leave dense; by default the LM head and embeddings.
+    pub exclude: Vec<LayerPattern>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for QuantizeConfig {
+    fn default() -> Self {
+        QuantizeConfig::new(Any4Config::default())
+    }
+}
+
+impl QuantizeConfig {
+    /// Quantize every layer but `lm_head` and embeddings with `any4`.
+    pub fn new(any4: Any4Config) -> Self {
+        QuantizeConfig {
+            any4,
+            include: Vec::new(),
+            exclude: ["lm_head", "*embed*"]
+                .into_iter()
+                .map(|p| LayerPattern::new(p).expect("valid default pattern"))
+                .collect(),
+            progress: false,
+        }
+    }
+    /// Also leave layers matching `pattern` dense.
+    pub fn exclude(mut self, pattern: &str) -> Result<Self> {
+        self.exclude.push(LayerPattern::new(pattern)?);
+        Ok(self)
+    }
+    /// Quantize only layers matching one of the include patterns.
+    pub fn include(mut self, pattern: &str) -> Result<Self> {
+        self.include.push(LayerPattern::new(pattern)?);
+        Ok(self)
+    }
+    /// Show a progress bar.
+    pub fn with_progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+    /// Whether the layer at `path` is to be quantized.
+    pub fn selects(&self, path: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| p.matches(path)))
+            && !self.exclude.iter().any(|p| p.matches(path))
+    }
+}
+
+/// What happened to one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerReport {
+    /// Module path.
+    pub path: String,
+    /// `[d_output, d_input]`.
+    pub shape: [usize; 2],
+    /// `‖W − Ŵ‖² / ‖W‖²`.
+    pub rel_mse: f64,
+    /// Activation-weighted relative error `Σ|x̄_j|(w−ŵ)² / Σ|x̄_j| w²` (with statistics).
+    pub weighted_rel_mse: Option<f64>,
+    /// Storage bits per weight.
+    pub bits_per_weight: f64,
+    /// Calibration tokens the layer's statistics came from.
+    pub calib_tokens: Option<u64>,
+    /// Wall time to quantize it.
+    pub seconds: f64,
+}
+
+/// Summary of a pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// Quantized layers, in model order.
+    pub layers: Vec<LayerReport>,
+    /// Layers left dense (excluded or not selected).
+    pub skipped: Vec<String>,
+    /// Total wall time.
+    pub seconds: f64,
+}
+
+impl Report {
+    /// Quantized weights in all.
+    pub fn weights(&self) -> usize {
+        self.layers.iter().map(|l| l.shape[0] * l.shape[1]).sum()
+    }
+    /// Weight-averaged bits per weight of the quantized layers.
+    pub fn bits_per_weight(&self) -> f64 {
+        let n = self.weights().max(1) as f64;
+        self.layers
+            .iter()
+            .map(|l| l.bits_per_weight * (l.shape[0] * l.shape[1]) as f64)
+            .sum::<f64>()
+            / n
+    }
+    /// Weight-averaged relative MSE.
+    pub fn rel_mse(&self) -> f64 {
+        let n = self.weights().max(1) as f64;
+        self.layers
+            .iter()
+            .map(|l| l.rel_mse * (l.shape[0] * l.shape[1]) as f64)
+            .sum::<f64>()
+            / n
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "| layer | shape | rel. MSE | weighted rel. MSE | bits/w | time |"
+        )?;
+        writeln!(f, "|---|---|---|---|---|---|")?;
+        for l in &self.layers {
+            let w = l
+                .weighted_rel_mse
+                .map_or("-".into(), |v| format!("{v:.3e}"));
+            writeln!(
+                f,
+                "| {} | {}×{} | {:.3e} | {w} | {:.3} | {:.2}s |",
+                l.path, l.shape[0], l.shape[1], l.rel_mse, l.bits_per_weight, l.seconds
+            )?;
+        }
+        write!(
+            f,
+            "{} layers quantized ({:.2} M weights, {:.3} bits/weight, rel. MSE {:.3e}), {} left dense, {:.2}s",
+            self.layers.len(),
+            self.weights() as f64 / 1e6,
+            self.bits_per_weight(),
+            self.rel_mse(),
+            self.skipped.len(),
+            self.seconds
+        )
+    }
+}
+
+/// Quantize one dense layer in place; `stats` is its `x̄`, if calibrated.
+fn quantize_layer(
+    path: &str,
+    layer: &mut QLinear,
+    any4: &Any4Config,
+    stats: Option<(&[f32], u64)>,
+) -> Result<LayerReport> {
+    let start = Instant::now();
+    let weight = layer.weight_hf();
+    let device = weight.device();
+    let [rows, cols] = weight.dims();
+    let w = read_vec::<f32>(weight.into_data(), path)?;
+    let mean = stats.map(|s| s.0);
+    let q = quantize_matrix(&w, [rows, cols], mean, any4)?;
+    let err = q.reconstruction_error(&w, mean)?;
+    let energy = w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / w.len() as f64;
+    let weighted_energy = mean.map(|m| {
+        let norm: f64 = m.iter().map(|v| v.abs() as f64).sum::<f64>() * rows as f64;
+        w.iter()
+            .enumerate()
+            .map(|(i, v)| m[i % cols].abs() as f64 * (*v as f64).powi(2))
+            .sum::<f64>()
+            / norm.max(f64::MIN_POSITIVE)
+    });
+    let report = LayerReport {
+        path: path.to_string(),
+        shape: [rows, cols],
+        rel_mse: err.mse / energy.max(f64::MIN_POSITIVE),
+        weighted_rel_mse: weighted_energy.map(|e| err.weighted_mse / e.max(f64::MIN_POSITIVE)),
+        bits_per_weight: q.bits_per_weight(),
+        calib_tokens: stats.map(|s| s.1),
+        seconds: 0.0,
+    };
+    let bias: Option<Tensor<1>> = layer.bias();
+    *layer = QLinear::Quant(Any4Linear::from_quantized(&q, bias, &device));
+    Ok(LayerReport {
+        seconds: start.elapsed().as_secs_f64(),
+        ..report
+    })
+}
+
+fn progress(cfg: &QuantizeConfig, len: usize) -> ProgressBar {
+    if !cfg.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("quantizing");
+    bar
+}
+
+/// Quantize the selected dense layers whose paths pass `filter`, appending to `report`.
+fn quantize_selected(
+    model: &mut impl QLinearContainer,
+    cfg: &QuantizeConfig,
+    stats: Option<&CalibrationStats>,
+    filter: &dyn Fn(&str) -> bool,
+    bar: &ProgressBar,
+    report: &mut Report,
+) -> Result<()> {
+    let mut result = Ok(());
+    model.visit_qlinears("", &mut |path, layer| {
+        if result.is_err() || !filter(path) || !matches!(layer, QLinear::Dense(_)) {
+            return;
+        }
+        if !cfg.selects(path) {
+            report.skipped.push(path.to_string());
+            return;
+        }
+        bar.set_message(path.to_string());
+        let layer_stats = match stats {
+            Some(s) => match (s.mean(path), s.tokens(path)) {
+                (Some(m), Some(t)) => Some((m, t)),
+                _ => {
+                    result = Err(Error::MissingStats(path.to_string()));
+                    return;
+                }
+            },
+            None => None,
+        };
+        match quantize_layer(path, layer, &cfg.any4, layer_stats) {
+            Ok(r) => report.layers.push(r),
+            Err(e) => result = Err(e.in_layer(path)),
+        }
+        bar.inc(1);
+    });
+    result
+}
+
+/// One-shot pass: quantize every selected dense layer of `model`, weighting k-means by `stats`
+/// (from a [`Calibrator`] run on the full-precision model) or unweighted when `None`.
+pub fn quantize<M: QLinearContainer>(
+    mut model: M,
+    cfg: &QuantizeConfig,
+    stats: Option<&CalibrationStats>,
+) -> Result<(M, Report)> {
+    let start = Instant::now();
+    let mut count = 0;
+    model.visit_qlinears("", &mut |p, l| {
+        count += usize::from(cfg.selects(p) && matches!(l, QLinear::Dense(_)))
+    });
+    let bar = progress(cfg, count);
+    let mut report = Report::default();
+    quantize_selected(&mut model, cfg, stats, &|_| true, &bar, &mut report)?;
+    bar.finish_and_clear();
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok((model, report))
+}
+
+/// A model that can be run block by block (for sequential calibration).
+pub trait BlockwiseModel: QLinearContainer {
+    /// What the calibration input is (e.g. token ids).
+    type Input;
+    /// The state flowing between blocks (e.g. hidden states).
+    type State: Clone;
+    /// Number of blocks.
+    fn num_blocks(&self) -> usize;
+    /// Path prefix of block `i`'s layers (e.g. `layers.3`).
+    fn block_path(&self, i: usize) -> String;
+    /// State entering the first block.
+    fn embed(&self, input: &Self::Input) -> Self::State;
+    /// Run block `i`.
+    fn block_forward(&self, i: usize, state: Self::State) -> Self::State;
+    /// Run what follows the last block (final norm, LM head), for layers outside blocks.
+    fn head_forward(&self, state: Self::State);
+}
+
+/// Sequential pass: block `i` is calibrated on the outputs of blocks `0..i` already quantized.
+pub fn quantize_sequential<M: BlockwiseModel>(
+    mut model: M,
+    cfg: &QuantizeConfig,
+    input: &M::Input,
+) -> Result<(M, Report)> {
+    let start = Instant::now();
+    let mut count = 0;
+    model.visit_qlinears("", &mut |p, l| {
+        count += usize::from(cfg.selects(p) && matches!(l, QLinear::Dense(_)))
+    });
+    let bar = progress(cfg, count);
+    let mut report = Report::default();
+    let mut state = model.embed(input);
+    let mut calibrator = Calibrator::new();
+    let blocks: Vec<String> = (0..model.num_blocks())
+        .map(|i| model.block_path(i))
+        .collect();
+    let under = |p: &str, block: &str| {
+        p == block || p.strip_prefix(block).is_some_and(|r| r.starts_with('.'))
+    };
+    for (i, block) in blocks.iter().enumerate() {
+        let in_block = |p: &str| under(p, block);
+        calibrator.attach(&mut model, |p| in_block(p) && cfg.selects(p));
+        // Record with the block dense (its own earlier layers included), then move on through
+        // the quantized block.
+        let _ = model.block_forward(i, state.clone());
+        let stats = calibrator.detach(&mut model);
+        quantize_selected(&mut model, cfg, Some(&stats), &in_block, &bar, &mut report)?;
+        state = model.block_forward(i, state);
+    }
+    // Layers outside every block (e.g. an included LM head) see the final state.
+    let outside = |p: &str| !blocks.iter().any(|b| under(p, b));
+    calibrator.attach(&mut model, |p| outside(p) && cfg.selects(p));
+    model.head_forward(state);
+    let stats = calibrator.detach(&mut model);
+    quantize_selected(&mut model, cfg, Some(&stats), &outside, &bar, &mut report)?;
+    bar.finish_and_clear();
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok((model, report))
+}

@@ -1,0 +1,137 @@
+//! A borrowed view of the portable layout, so that buffers owned elsewhere (a Burn tensor's
+//! storage, a memory-mapped checkpoint) can be dequantized and multiplied without copying.
+
+use rayon::prelude::*;
+
+use crate::config::GroupSize;
+use crate::error::{Any4Error, Result};
+use crate::pack::{self, words_per_row};
+use crate::quantize::TABLE_LEN;
+
+/// `[rows, cols]` quantized weights over borrowed buffers (layout: see
+/// [`QuantizedMatrix`](crate::QuantizedMatrix)). Lengths are checked once at construction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantizedView<'a> {
+    rows: usize,
+    cols: usize,
+    group: GroupSize,
+    codes: &'a [u32],
+    table: &'a [f32],
+    scales: &'a [f32],
+    zeros: &'a [f32],
+}
+
+impl<'a> QuantizedView<'a> {
+    /// A view over `codes [rows, ceil(cols/8)]`, `table [1 or rows, 16]`,
+    /// `scales`/`zeros [rows, groups]`; errors name the buffer whose length is wrong.
+    pub fn new(
+        [rows, cols]: [usize; 2],
+        group: GroupSize,
+        codes: &'a [u32],
+        table: &'a [f32],
+        scales: &'a [f32],
+        zeros: &'a [f32],
+    ) -> Result<Self> {
+        if rows == 0 {
+            return Err(Any4Error::NoRows);
+        }
+        if cols < 16 {
+            return Err(Any4Error::KTooSmall { k: cols });
+        }
+        let groups = group.groups_for(cols);
+        let check = |what, expected: usize, got: usize| {
+            if expected == got {
+                Ok(())
+            } else {
+                Err(Any4Error::ShapeMismatch {
+                    what,
+                    expected,
+                    got,
+                })
+            }
+        };
+        check(
+            "codes [rows, ceil(cols/8)]",
+            rows * words_per_row(cols),
+            codes.len(),
+        )?;
+        if table.len() != TABLE_LEN {
+            check("table [table_rows, 16]", rows * TABLE_LEN, table.len())?;
+        }
+        check("scales [rows, groups]", rows * groups, scales.len())?;
+        check("zeros [rows, groups]", rows * groups, zeros.len())?;
+        Ok(QuantizedView {
+            rows,
+            cols,
+            group,
+            codes,
+            table,
+            scales,
+            zeros,
+        })
+    }
+
+    /// Number of rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Number of columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Length of a full group (`cols` when per row).
+    pub fn group_len(&self) -> usize {
+        self.group.len_for(self.cols)
+    }
+    /// Groups per row (the last may be short).
+    pub fn groups(&self) -> usize {
+        self.group.groups_for(self.cols)
+    }
+    /// Packed codes of one row.
+    pub fn row_codes(&self, row: usize) -> &'a [u32] {
+        let wpr = words_per_row(self.cols);
+        &self.codes[row * wpr..(row + 1) * wpr]
+    }
+    /// The table used by `row` (shared tables have one row).
+    pub fn row_table(&self, row: usize) -> &'a [f32; TABLE_LEN] {
+        let r = if self.table.len() == TABLE_LEN {
+            0
+        } else {
+            row
+        };
+        self.table[r * TABLE_LEN..(r + 1) * TABLE_LEN]
+            .try_into()
+            .expect("table rows have 16 entries")
+    }
+    /// Scales of one row.
+    pub fn row_scales(&self, row: usize) -> &'a [f32] {
+        let g = self.groups();
+        &self.scales[row * g..(row + 1) * g]
+    }
+    /// Zeros of one row.
+    pub fn row_zeros(&self, row: usize) -> &'a [f32] {
+        let g = self.groups();
+        &self.zeros[row * g..(row + 1) * g]
+    }
+
+    /// Dequantize one row into `out` (`cols` values).
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), self.cols, "dequantize_row: output length");
+        let (table, words) = (self.row_table(row), self.row_codes(row));
+        let (s, z) = (self.row_scales(row), self.row_zeros(row));
+        let group = self.group_len();
+        for (j, o) in out.iter_mut().enumerate() {
+            let gi = j / group;
+            *o = table[pack::code(words, j) as usize] * s[gi] + z[gi];
+        }
+    }
+
+    /// The dense row-major `[rows, cols]` matrix.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        out.par_chunks_mut(self.cols)
+            .enumerate()
+            .for_each(|(r, o)| self.dequantize_row(r, o));
+        out
+    }
+}
