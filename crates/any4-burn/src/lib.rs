@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod calib;
+mod checkpoint;
 mod error;
 mod linear;
 mod pass;
@@ -29,6 +30,10 @@ mod pattern;
 mod weight;
 
 pub use calib::{CALIBRATION_PROMPT, CalibrationStats, Calibrator, ChannelSums, Probe};
+pub use checkpoint::{
+    CHECKPOINT_FORMAT, Checkpoint, LayerInfo, QuantizationConfig, SCHEMA_VERSION, save,
+    write_atomically, write_file_atomically,
+};
 pub use error::{Error, Result};
 pub use linear::{
     Any4Linear, CalibratingLinear, QLinear, QLinearContainer, join_path, qlinear_paths,

@@ -370,3 +370,168 @@ fn sequential_pass_quantizes_block_by_block() {
     let text = report.to_string();
     assert!(text.contains("3 layers quantized"), "{text}");
 }
+
+fn quantized_mlp(seed: u64) -> Mlp {
+    let x = calib_input(16, 128, 3);
+    let mut model = Mlp::new(seed);
+    let mut cal = Calibrator::new();
+    cal.attach(&mut model, |_| true);
+    let _ = model.forward(x);
+    let stats = cal.detach(&mut model);
+    let cfg = QuantizeConfig::new(Any4Config::new(Format::Any4));
+    quantize(model, &cfg, Some(&stats)).unwrap().0
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("any4-burn-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn checkpoint_save_load_is_bit_identical() {
+    let dir = temp_dir("roundtrip");
+    let file = dir.join("model.safetensors");
+    let mut model = quantized_mlp(20);
+    let x = calib_input(5, 128, 21);
+    let before = to_vec(model.forward(x.clone()));
+    let cfg = save(&mut model, &file).unwrap();
+    assert_eq!(cfg.layers.len(), 2);
+    assert_eq!(cfg.modules_not_quantized, vec!["lm_head".to_string()]);
+    assert_eq!(cfg.layers["up"].table, "per-row");
+    let ckpt = Checkpoint::open(&file).unwrap();
+    assert_eq!(ckpt.config(), &cfg);
+    // Load into a differently initialised skeleton: every parameter must come from the file.
+    let loaded = ckpt.load_into(Mlp::new(999)).unwrap();
+    assert!(loaded.up.is_quantized() && !loaded.lm_head.is_quantized());
+    assert_eq!(to_vec(loaded.forward(x)), before);
+    // Dense linear weights are stored in PyTorch layout [out, in].
+    let infos = ckpt.tensor_infos().unwrap();
+    let lm = infos.iter().find(|t| t.0 == "lm_head.weight").unwrap();
+    assert_eq!(lm.2, vec![64, 128]);
+    let qw = infos.iter().find(|t| t.0 == "up.qweight").unwrap();
+    assert_eq!(
+        (qw.1, qw.2.clone()),
+        (safetensors::Dtype::U32, vec![256, 16])
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn expect_checkpoint_error(file: &std::path::Path, needle: &str) {
+    let err = Checkpoint::open(file)
+        .and_then(|c| c.load_into(Mlp::new(1)))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, Error::Checkpoint { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(needle),
+        "`{err}` should mention `{needle}`"
+    );
+}
+
+/// Re-serialize `src` into `dst`, editing its tensors and metadata.
+fn rewrite(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    drop: &str,
+    edit_meta: impl Fn(&str) -> String,
+) {
+    let bytes = std::fs::read(src).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut md = meta.metadata().clone().unwrap();
+    let q = md["quantization_config"].clone();
+    md.insert("quantization_config".into(), edit_meta(&q));
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != drop)
+        .collect();
+    safetensors::serialize_to_file(tensors, Some(md), dst).unwrap();
+}
+
+#[test]
+fn checkpoint_errors_name_what_is_wrong() {
+    let dir = temp_dir("errors");
+    let good = dir.join("good.safetensors");
+    save(&mut quantized_mlp(30), &good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+
+    let truncated = dir.join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
+    expect_checkpoint_error(&truncated, "truncated");
+
+    let garbage = dir.join("garbage.safetensors");
+    let mut g = bytes.clone();
+    g[10..40].copy_from_slice(&[b'#'; 30]);
+    std::fs::write(&garbage, &g).unwrap();
+    expect_checkpoint_error(&garbage, "not a valid safetensors file");
+
+    let missing = dir.join("missing.safetensors");
+    rewrite(&good, &missing, "down.scales", |q| q.to_string());
+    expect_checkpoint_error(&missing, "missing tensor `down.scales`");
+
+    let newer = dir.join("newer.safetensors");
+    rewrite(&good, &newer, "", |q| {
+        q.replace("\"schema_version\":1", "\"schema_version\":99")
+    });
+    expect_checkpoint_error(&newer, "schema version 99");
+
+    let bad_cfg = dir.join("badcfg.safetensors");
+    rewrite(&good, &bad_cfg, "", |q| {
+        q.replacen("\"group_size\":128", "\"group_size\":100", 1)
+    });
+    expect_checkpoint_error(&bad_cfg, "invalid quantization_config");
+
+    let err = Checkpoint::open(&dir.join("nope.safetensors"))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Io { .. }) && err.to_string().contains("nope.safetensors"),
+        "{err}"
+    );
+
+    // Wrong architecture: a model whose `up` layer has another shape.
+    let mut other = Mlp::new(1);
+    other.up = QLinear::from_hf(tensor2(randn(128 * 128, 1, 0.1), [128, 128]), None);
+    let err = Checkpoint::open(&good)
+        .unwrap()
+        .load_into(other)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("layer `up` is [128, 128] in the model but [256, 128]"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn failed_write_leaves_the_previous_checkpoint_intact() {
+    let dir = temp_dir("atomic");
+    let file = dir.join("model.safetensors");
+    save(&mut quantized_mlp(40), &file).unwrap();
+    let before = std::fs::read(&file).unwrap();
+    let err = write_atomically(&file, |tmp| {
+        std::fs::write(tmp, b"partial").unwrap();
+        Err(Error::Data("simulated failure mid-write".into()))
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("simulated"));
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "temporary file left behind: {leftovers:?}"
+    );
+    Checkpoint::open(&file)
+        .unwrap()
+        .load_into(Mlp::new(2))
+        .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
