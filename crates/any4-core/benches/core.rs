@@ -8,7 +8,9 @@
 //! call streams its weights from DRAM, as decode does; the plain ones show the cache-resident case.
 
 use any4_core::rng::SplitMix64;
-use any4_core::{Any4Config, Format, QuantizedMatrix, Solver, dense_matmul, quantize};
+use any4_core::{
+    Any4Config, Format, MatmulPrecision, QuantizedMatrix, Solver, dense_matmul, quantize,
+};
 use divan::Bencher;
 
 fn main() {
@@ -116,5 +118,36 @@ fn matvec_dense_f32_cold(bencher: Bencher, i: usize) {
     bencher.bench_local(|| {
         next = (next + 1) % copies;
         dense_matmul(&x, 1, &ws[next], n, k).expect("matmul")
+    });
+}
+
+/// The int8-activation decode path (`MatmulPrecision::Int8Activations`), cache-resident.
+#[divan::bench(args = [0, 1], sample_count = 20)]
+fn matvec_any4_int8(bencher: Bencher, i: usize) {
+    let Shapes { n, k } = shape(i);
+    let q = quantized(n, k);
+    let x = student_t(1, k, 3);
+    bencher.bench(|| {
+        q.view()
+            .matmul_with(&x, 1, MatmulPrecision::Int8Activations)
+            .expect("matmul")
+    });
+}
+
+/// As `matvec_any4_int8`, rotating over copies so every call reads its weights from DRAM.
+#[divan::bench(args = [0, 1], sample_count = 20)]
+fn matvec_any4_int8_cold(bencher: Bencher, i: usize) {
+    let Shapes { n, k } = shape(i);
+    let q = quantized(n, k);
+    let copies = copies_for(n * k / 2);
+    let qs: Vec<QuantizedMatrix> = (0..copies).map(|_| q.clone()).collect();
+    let x = student_t(1, k, 3);
+    let mut next = 0;
+    bencher.bench_local(|| {
+        next = (next + 1) % copies;
+        qs[next]
+            .view()
+            .matmul_with(&x, 1, MatmulPrecision::Int8Activations)
+            .expect("matmul")
     });
 }

@@ -22,6 +22,7 @@
 
 mod config;
 mod error;
+mod int8;
 pub mod kmeans;
 pub mod levels;
 mod matmul;
@@ -33,6 +34,7 @@ mod view;
 
 pub use config::{Any4Config, Format, GroupSize, Init, KMeansConfig, ParamDtype, Scaling, Solver};
 pub use error::{Any4Error, Result};
+pub use int8::MatmulPrecision;
 pub use matmul::dense_matmul;
 pub use quantize::{QuantizedMatrix, Reconstruction, TABLE_LEN, quantize};
 pub use view::QuantizedView;

@@ -10,6 +10,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Any4Error, Result};
+use crate::int8::{BLOCK, MatmulPrecision, Q8Activations, quantize_activations, quantize_table};
 use crate::simd::Isa;
 use crate::view::QuantizedView;
 
@@ -20,6 +21,12 @@ impl QuantizedView<'_> {
     /// `y = x · Wᵀ` for row-major `x: [m, cols]`, returning row-major `[m, rows]` (f32
     /// accumulation). Errors if `x` is not `m × cols`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        self.matmul_with(x, m, MatmulPrecision::Exact)
+    }
+
+    /// [`matmul`](Self::matmul) with a choice of activation precision (see
+    /// [`MatmulPrecision`]); `Int8Activations` is the fast decode path.
+    pub fn matmul_with(&self, x: &[f32], m: usize, precision: MatmulPrecision) -> Result<Vec<f32>> {
         let (n, k) = (self.rows(), self.cols());
         if x.len() != m * k {
             return Err(Any4Error::ShapeMismatch {
@@ -35,18 +42,56 @@ impl QuantizedView<'_> {
             .chunks(k)
             .flat_map(|xm| xm.chunks(group).map(|c| c.iter().sum::<f32>()))
             .collect();
+        let q8 = match (precision, isa) {
+            #[cfg(target_arch = "x86_64")]
+            (MatmulPrecision::Int8Activations, Isa::Avx2) => Some(quantize_activations(x, m, k)),
+            _ => None,
+        };
         // Output transposed ([n, m]) so each task owns contiguous memory; M = 1 needs no transpose.
         let mut yt = vec![0.0f32; n * m];
         yt.par_chunks_mut(ROWS_PER_TASK * m)
             .enumerate()
             .for_each(|(task, out)| {
-                let mut decoded = vec![0.0f32; if m > 1 { group } else { 0 }];
+                let mut decoded = vec![0.0f32; if m > 1 && q8.is_none() { group } else { 0 }];
                 for (r, y) in out.chunks_mut(m).enumerate() {
                     let row = task * ROWS_PER_TASK + r;
-                    self.row_times(isa, row, x, &xsum, y, &mut decoded);
+                    match &q8 {
+                        Some(q) => self.row_times_q8(row, q, x, &xsum, y),
+                        None => self.row_times(isa, row, x, &xsum, y, &mut decoded),
+                    }
                 }
             });
         Ok(transpose(yt, n, m))
+    }
+
+    /// Int8 path of [`row_times`](Self::row_times): full blocks of 32 through the integer
+    /// kernel, the centred table's `mid` folded into the zero term, the tail (`cols mod 32`) in f32.
+    #[cfg(target_arch = "x86_64")]
+    fn row_times_q8(&self, row: usize, q: &Q8Activations, x: &[f32], xsum: &[f32], y: &mut [f32]) {
+        let (k, group, groups) = (self.cols(), self.group_len(), self.groups());
+        let table = self.row_table(row);
+        let t8 = quantize_table(table);
+        let (scales, zeros) = (self.row_scales(row), self.row_zeros(row));
+        let words = self.row_codes(row);
+        let full = q.blocks * BLOCK;
+        for (i, yi) in y.iter_mut().enumerate() {
+            let xq = &q.q[i * full..(i + 1) * full];
+            let xd = &q.d[i * q.blocks..(i + 1) * q.blocks];
+            let mut acc = self.row_q8(row, &t8, xq, xd);
+            for g in 0..groups {
+                acc += (zeros[g] + scales[g] * t8.mid) * xsum[i * groups + g];
+            }
+            for j in full..k {
+                let c = crate::pack::code(words, j) as usize;
+                acc += scales[j / group] * (table[c] - t8.mid) * x[i * k + j];
+            }
+            *yi = acc;
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn row_times_q8(&self, _: usize, _: &Q8Activations, _: &[f32], _: &[f32], _: &mut [f32]) {
+        unreachable!("the int8 path is only selected on x86-64 with AVX2")
     }
 
     /// `y[i] = Σ_j x[i, j] · w[row, j]` for every activation row `i`.

@@ -130,6 +130,49 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The int8 decode path stays within the worst-case bound of its two roundings — a full
+    /// int8 step of the centred table times `|x|·s`, plus a full step of each activation block
+    /// times the centred weight `|(t − mid)·s|` — for every format, group size (per-row too), K not a multiple of 32, M > 1.
+    #[test]
+    fn int8_path_is_close_to_exact(
+        rows in 1usize..24,
+        cols in 16usize..400,
+        m in prop::sample::select(vec![1usize, 2, 5]),
+        fi in 0usize..6,
+        g in prop::sample::select(vec![32usize, 128, 0]),
+        seed in any::<u64>(),
+    ) {
+        let group = if g == 0 { GroupSize::PER_ROW } else { GroupSize::new(g).unwrap() };
+        let w = student_t(rows, cols, 4, seed);
+        let q = quantize(&w, [rows, cols], None, &cfg(Format::ALL[fi]).with_group_size(group)).unwrap();
+        let x = student_t(m, cols, 5, seed ^ 3);
+        let exact = q.matmul(&x, m).unwrap();
+        let fast = q.view().matmul_with(&x, m, MatmulPrecision::Int8Activations).unwrap();
+        for i in 0..m {
+            let xs = &x[i * cols..(i + 1) * cols];
+            for n in 0..rows {
+                let t = q.row_table(n);
+                let (lo, hi) = t.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+                let tstep = (hi - lo) / 2.0 / 127.0;
+                let bound: f32 = (0..cols)
+                    .map(|j| {
+                        let s = q.scales()[n * q.groups() + j / q.group_len()];
+                        let block = &xs[(j / 32 * 32).min(cols)..((j / 32 + 1) * 32).min(cols)];
+                        let xstep = block.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
+                        let centred = (t[q.code(n, j) as usize] - (lo + hi) / 2.0) * s;
+                        xs[j].abs() * s * tstep + centred.abs() * xstep
+                    })
+                    .sum();
+                let (a, b) = (fast[i * rows + n], exact[i * rows + n]);
+                prop_assert!((a - b).abs() <= bound * 1.01 + 1e-6, "m={i} n={n}: {a} vs {b} (bound {bound})");
+            }
+        }
+    }
+}
+
 #[test]
 fn any4_beats_int4_and_nf4_on_gaussian_and_student_t() {
     let (rows, cols) = (64, 512);
