@@ -42,4 +42,4 @@ pub use pass::{
     BlockwiseModel, LayerReport, QuantizeConfig, Report, quantize, quantize_sequential,
 };
 pub use pattern::LayerPattern;
-pub use weight::{Any4Backend, Any4Tensors, Any4Weight, Route, route};
+pub use weight::{Any4Backend, Any4Tensors, Any4Weight, CpuMatmul, Route, route};

@@ -7,7 +7,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::calib::Probe;
 use crate::error::{Error, Result};
-use crate::weight::Any4Tensors;
+use crate::weight::{Any4Tensors, CpuMatmul};
 
 /// A linear layer whose weight is stored in any4 form (frozen; the bias stays dense).
 #[derive(Module, Debug)]
@@ -25,6 +25,9 @@ pub struct Any4Linear {
     /// How the weight was quantized.
     #[module(skip)]
     pub config: Any4Config,
+    /// Activation precision on CPU backends.
+    #[module(skip)]
+    pub cpu: CpuMatmul,
     /// Input features (`K`).
     pub d_input: usize,
     /// Output features (`N`).
@@ -53,6 +56,7 @@ impl Any4Linear {
             zeros: frozen(f(q.zeros(), [rows, q.groups()])),
             bias: bias.map(frozen),
             config: *q.config(),
+            cpu: CpuMatmul::Auto,
             d_input: cols,
             d_output: rows,
         }
@@ -67,6 +71,7 @@ impl Any4Linear {
             zeros: self.zeros.val(),
             shape: [self.d_output, self.d_input],
             group: self.config.group_size(),
+            cpu: self.cpu,
         }
     }
 

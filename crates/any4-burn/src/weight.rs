@@ -29,6 +29,33 @@ pub struct Any4Weight<B: Backend> {
     pub shape: [usize; 2],
     /// Group size (the last group of a row may be short).
     pub group: GroupSize,
+    /// How a CPU backend treats activations.
+    pub cpu: CpuMatmul,
+}
+
+/// Activation precision of the CPU (Flex) matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuMatmul {
+    /// int8 activations for decode-sized batches (M ≤ 8, memory-bound), exact f32 otherwise.
+    #[default]
+    Auto,
+    /// Always f32 activations and tables (bit-identical to any4-core's reference).
+    Exact,
+    /// Always int8 activations per block of 32 (see `any4_core::MatmulPrecision`).
+    Int8,
+}
+
+impl CpuMatmul {
+    /// The any4-core precision for a batch of `m` rows.
+    pub fn precision(self, m: usize) -> any4_core::MatmulPrecision {
+        use any4_core::MatmulPrecision::{Exact, Int8Activations};
+        match self {
+            CpuMatmul::Exact => Exact,
+            CpuMatmul::Int8 => Int8Activations,
+            CpuMatmul::Auto if m <= 8 => Int8Activations,
+            CpuMatmul::Auto => Exact,
+        }
+    }
 }
 
 /// The any4 operations a backend provides.
@@ -58,6 +85,8 @@ pub struct Any4Tensors {
     pub shape: [usize; 2],
     /// Group size.
     pub group: GroupSize,
+    /// CPU activation precision.
+    pub cpu: CpuMatmul,
 }
 
 /// Which implementation a call takes (chosen from the activation's device).
@@ -91,6 +120,7 @@ impl Any4Tensors {
             zeros: self.zeros.clone().into_dispatch(),
             shape: self.shape,
             group: self.group,
+            cpu: self.cpu,
         }
     }
 
@@ -211,8 +241,8 @@ mod flex {
             let m = x.layout().shape()[0];
             let x = x.to_contiguous();
             let xs = f32s(&x);
-            let y =
-                with_view(&w, |v| v.matmul(&xs, m)).unwrap_or_else(|e| panic!("any4 matmul: {e}"));
+            let y = with_view(&w, |v| v.matmul_with(&xs, m, w.cpu.precision(m)))
+                .unwrap_or_else(|e| panic!("any4 matmul: {e}"));
             let out = FlexTensor::from_data(TensorData::new(y, [m, w.shape[0]]));
             if dtype == DType::F32 {
                 out
@@ -245,6 +275,7 @@ mod autodiff {
             zeros: w.zeros.into_primitive(),
             shape: w.shape,
             group: w.group,
+            cpu: w.cpu,
         }
     }
 

@@ -39,8 +39,11 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Named tolerance: f32 sums of a few hundred products in different orders.
 const F32_SUM_TOL: f32 = 1e-5;
 
+/// Exact CPU precision, so outputs can be compared bit for bit with any4-core.
 fn layer_of(q: &QuantizedMatrix) -> Any4Linear {
-    Any4Linear::from_quantized(q, None, &device())
+    let mut l = Any4Linear::from_quantized(q, None, &device());
+    l.cpu = CpuMatmul::Exact;
+    l
 }
 
 #[test]
@@ -83,6 +86,20 @@ fn flex_extension_matches_core_and_portable_paths() {
                     "{format} {rows}x{cols} m{m}: portable path"
                 );
             }
+            // The default (Auto) takes the int8 path for decode-sized batches: close, not equal.
+            let mut auto = layer_of(&q);
+            auto.cpu = CpuMatmul::Auto;
+            let x = randn(cols, 77, 1.0);
+            let fast = to_vec(auto.forward(tensor2(x.clone(), [1, cols])));
+            let fast_core = q
+                .view()
+                .matmul_with(&x, 1, any4_core::MatmulPrecision::Int8Activations)
+                .unwrap();
+            assert_eq!(fast, fast_core, "{format}: Auto at M = 1 is the int8 path");
+            assert!(
+                max_rel_diff(&fast, &q.matmul(&x, 1).unwrap()) < 0.05,
+                "{format}: int8 path far from exact"
+            );
             // Dequantize: extension and portable paths both equal the core reference exactly.
             assert_eq!(to_vec(layer.tensors().dequantize()), q.dequantize());
             assert_eq!(
