@@ -292,7 +292,7 @@ def stage_train(args):
     gen = torch.Generator().manual_seed(SEED)
     steps = 8 if args.bench else args.steps
     B = args.batch
-    log = open(os.path.join(HERE, "train_log.txt"), "a" if args.bench else "w")
+    log = open(os.devnull if args.bench else os.path.join(HERE, "train_log.txt"), "w")
 
     def logp(s):
         print(s, flush=True)
@@ -366,7 +366,7 @@ def stage_eval(args):
 
     torch.set_num_threads(args.threads)
     tok = load_tokenizer()
-    model = LlamaForCausalLM.from_pretrained(HERE, dtype=torch.float32)
+    model = LlamaForCausalLM.from_pretrained(HERE, dtype=torch.float32, attn_implementation="sdpa")
     model.eval()
     out = {}
 
@@ -418,7 +418,8 @@ def stage_eval(args):
         "tokens": enc.tokens,
         "note": "input_ids = tokenizer.encode(text) with add_special_tokens=True (<s>=0 prepended). "
                 "logits: float32, full [seq, vocab] for every input position, computed by "
-                "transformers LlamaForCausalLM (eager f32 CPU) from model.safetensors. "
+                "transformers LlamaForCausalLM (attn_implementation=sdpa, f32, CPU, 1 thread) "
+                "from model.safetensors. "
                 "greedy_continuation_ids: 20 tokens of argmax decoding after input_ids "
                 "(transformers generate, do_sample=False).",
         "shape": list(logits.shape),
