@@ -1,93 +1,230 @@
-//! Quantize the linear layers of a Llama checkpoint with every format and compare them.
+//! Dense vs any4 on a Llama checkpoint: perplexity, generation, speed and weight memory.
 //!
-//! `cargo run --release --example llama_any4 [-- --model DIR] [--group-size N]`
+//! ```text
+//! cargo run --release --example llama_any4 -- [--model DIR] [--format any4] [--group-size 128]
+//!     [--prompt TEXT] [--max-tokens N] [--sequential] [--eval FILE] [--seq-len N] [--windows N]
+//! ```
 //!
-//! Default model: the embedded tiny Llama in `models/tiny-llama` (trained by the recipe there).
-//! This is the foundation-stage version of the main example: it works on the weights alone
-//! (reconstruction error per format, bits per weight, quantization time). Generation, perplexity
-//! and calibrated quantization through the Burn model arrive with the model crate.
+//! `--windows` caps the perplexity windows (default 100, so the run stays near a minute on two
+//! cores; `0` = the whole text).
+//!
+//! Default model: the embedded tiny Llama in `models/tiny-llama` (trained by the recipe there),
+//! evaluated on its held-out text. Runs offline on the Flex CPU backend. Steps: load the dense
+//! model → perplexity → greedy generation → calibrate on `CALIBRATION_PROMPT` → quantize the
+//! linear layers (LM head and embeddings stay dense) → perplexity and generation again → table.
 
 use std::error::Error;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use any4_core::{Any4Config, Format, GroupSize, quantize};
-use safetensors::{Dtype, SafeTensors};
+use any4_burn::{CALIBRATION_PROMPT, QuantizeConfig, Report, quantize, quantize_sequential};
+use any4_core::{Any4Config, Format, GroupSize};
+use any4_llm::{
+    GenerateConfig, Generation, Llama, Perplexity, PerplexityConfig, Tokenizer, generate,
+    load_pretrained, perplexity, token_tensor,
+};
+use burn::tensor::Device;
 
-fn main() -> Result<(), Box<dyn Error>> {
-    let mut model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-llama");
-    let mut group = GroupSize::G128;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--model" => model = args.next().ok_or("--model needs a folder")?.into(),
-            "--group-size" => group = args.next().ok_or("--group-size needs a value")?.parse()?,
-            other => return Err(format!("unknown argument `{other}`").into()),
-        }
-    }
-    let file = model.join("model.safetensors");
-    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-
-    // Linear layers of the transformer blocks; embeddings and the LM head stay dense.
-    let mut linears: Vec<(String, [usize; 2], Vec<f32>)> = Vec::new();
-    for (name, view) in st.tensors() {
-        if !(name.contains(".layers.") && name.ends_with("proj.weight")) {
-            continue;
-        }
-        let shape: [usize; 2] = view
-            .shape()
-            .try_into()
-            .map_err(|_| format!("{name}: not 2-D"))?;
-        linears.push((
-            name,
-            shape,
-            to_f32(view.dtype(), view.data()).ok_or("unsupported dtype")?,
-        ));
-    }
-    linears.sort_by(|a, b| a.0.cmp(&b.0));
-    let params: usize = linears.iter().map(|l| l.1[0] * l.1[1]).sum();
-    println!(
-        "{}: {} linear layers, {:.2} M weights, group size {group}\n",
-        model.display(),
-        linears.len(),
-        params as f64 / 1e6
-    );
-    println!("| format | bits/weight | rel. MSE | time |");
-    println!("|---|---|---|---|");
-    for format in Format::ALL {
-        let cfg = Any4Config::new(format).with_group_size(group);
-        let t = Instant::now();
-        let (mut err, mut energy, mut bits) = (0.0f64, 0.0f64, 0.0f64);
-        for (_, shape, w) in &linears {
-            let q = quantize(w, *shape, None, &cfg)?;
-            let n = w.len() as f64;
-            err += q.reconstruction_error(w, None)?.mse * n;
-            energy += w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
-            bits += q.bits_per_weight() * n;
-        }
-        println!(
-            "| {format} | {:.3} | {:.5} | {:.2?} |",
-            bits / params as f64,
-            err / energy,
-            t.elapsed()
-        );
-    }
-    Ok(())
+struct Args {
+    model: PathBuf,
+    format: Format,
+    group: GroupSize,
+    prompt: String,
+    max_tokens: usize,
+    sequential: bool,
+    eval: Option<PathBuf>,
+    seq_len: usize,
+    windows: usize,
 }
 
-fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
-    let chunks = |n| data.chunks_exact(n);
-    Some(match dtype {
-        Dtype::F32 => chunks(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => chunks(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => chunks(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        _ => return None,
-    })
+fn parse_args() -> Result<Args, Box<dyn Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut a = Args {
+        model: root.join("models/tiny-llama"),
+        format: Format::Any4,
+        group: GroupSize::G128,
+        prompt: "The king said".into(),
+        max_tokens: 48,
+        sequential: false,
+        eval: None,
+        seq_len: 256,
+        windows: 100,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => a.model = value()?.into(),
+            "--format" => a.format = value()?.parse()?,
+            "--group-size" => {
+                let v = value()?;
+                a.group = if v == "row" || v == "0" {
+                    GroupSize::PER_ROW
+                } else {
+                    GroupSize::new(v.parse()?)?
+                }
+            }
+            "--prompt" => a.prompt = value()?,
+            "--max-tokens" => a.max_tokens = value()?.parse()?,
+            "--sequential" => a.sequential = true,
+            "--eval" => a.eval = Some(value()?.into()),
+            "--seq-len" => a.seq_len = value()?.parse()?,
+            "--windows" => a.windows = value()?.parse()?,
+            "-h" | "--help" => {
+                println!(
+                    "llama_any4 [--model DIR] [--format any4|any3|any2|int4|nf4|fp4] \
+                     [--group-size N|row] [--prompt TEXT] [--max-tokens N] [--sequential] \
+                     [--eval FILE] [--seq-len N] [--windows N]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)").into()),
+        }
+    }
+    Ok(a)
+}
+
+/// Greedy generation, streamed to stdout as text.
+fn run_generation(
+    model: &Llama,
+    tok: &Tokenizer,
+    args: &Args,
+) -> Result<(Generation, String), Box<dyn Error>> {
+    let prompt = tok.encode(&args.prompt, true)?;
+    let cfg = GenerateConfig {
+        max_new_tokens: args.max_tokens,
+        stop_tokens: tok.eos_ids().to_vec(),
+        ..GenerateConfig::default()
+    };
+    print!("  {}", args.prompt);
+    let mut ids = Vec::new();
+    let mut shown = 0;
+    let g = generate(model, &prompt, &cfg, &mut |t| {
+        ids.push(t);
+        // Decode everything so far and print what is new (tokens may split characters).
+        if let Ok(text) = tok.decode(&ids, true)
+            && text.len() > shown
+            && text.is_char_boundary(shown)
+        {
+            print!("{}", &text[shown..]);
+            shown = text.len();
+            let _ = std::io::stdout().flush();
+        }
+    })?;
+    println!();
+    let text = tok.decode(&g.tokens, true)?;
+    Ok((g, text))
+}
+
+fn eval(model: &Llama, tok: &Tokenizer, text: &str, cfg: &PerplexityConfig) -> Perplexity {
+    let t = Instant::now();
+    let p = perplexity(model, tok, text, cfg).unwrap_or_else(|e| {
+        eprintln!("perplexity failed: {e}");
+        std::process::exit(1)
+    });
+    println!(
+        "  perplexity {:.3} over {} windows × {} tokens ({} predicted) in {:.1}s",
+        p.ppl,
+        p.windows,
+        cfg.seq_len,
+        p.tokens,
+        t.elapsed().as_secs_f64()
+    );
+    p
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let args = parse_args()?;
+    let start = Instant::now();
+    let device = Device::flex();
+    let (model, tok) = load_pretrained(&args.model, &device)?;
+    let c = &model.config;
+    println!(
+        "model {}: {} layers, hidden {}, heads {}/{} kv, vocab {} (loaded in {:.2}s)",
+        args.model.display(),
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.kv_heads(),
+        c.vocab_size,
+        start.elapsed().as_secs_f64()
+    );
+    let eval_path = args.eval.clone().unwrap_or_else(|| {
+        let own = args.model.join("heldout.txt");
+        if own.exists() {
+            own
+        } else {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-llama/heldout.txt")
+        }
+    });
+    let text =
+        std::fs::read_to_string(&eval_path).map_err(|e| format!("{}: {e}", eval_path.display()))?;
+    let pcfg = PerplexityConfig {
+        seq_len: args.seq_len,
+        max_windows: (args.windows > 0).then_some(args.windows),
+        batch_size: 4,
+    };
+    println!("\n[dense] {}", eval_path.display());
+    let dense_ppl = eval(&model, &tok, &text, &pcfg);
+    let (dense_gen, dense_text) = run_generation(&model, &tok, &args)?;
+
+    let any4 = Any4Config::new(args.format).with_group_size(args.group);
+    let qcfg = QuantizeConfig::new(any4);
+    let calib = token_tensor(&tok.encode(CALIBRATION_PROMPT, true)?, &device);
+    let mode = if args.sequential {
+        "sequential"
+    } else {
+        "one-shot"
+    };
+    println!(
+        "\n[{}] calibrating ({mode}) on CALIBRATION_PROMPT ({} tokens), group {}",
+        args.format,
+        calib.dims()[1],
+        args.group.size().map_or("row".into(), |g| g.to_string())
+    );
+    let (qmodel, report): (Llama, Report) = if args.sequential {
+        quantize_sequential(model, &qcfg, &calib)?
+    } else {
+        let mut model = model;
+        let stats = model.calibrate(calib);
+        quantize(model, &qcfg, Some(&stats))?
+    };
+    println!(
+        "  {}",
+        report.to_string().lines().last().unwrap_or_default()
+    );
+    let q_ppl = eval(&qmodel, &tok, &text, &pcfg);
+    let (q_gen, q_text) = run_generation(&qmodel, &tok, &args)?;
+
+    let weights = report.weights() as f64;
+    let dense_mb = weights * 32.0 / 8.0 / 1e6;
+    let q_mb = weights * report.bits_per_weight() / 8.0 / 1e6;
+    // One table row per text: newlines shown as ⏎, long texts cut.
+    let one_line = |s: &str| {
+        let s = s.replace('\n', "⏎");
+        match s.char_indices().nth(72) {
+            Some((i, _)) => format!("{}…", &s[..i]),
+            None => s,
+        }
+    };
+    let name = args.format.to_string();
+    println!("\n| | dense f32 | {name} |");
+    println!("|---|---|---|");
+    println!("| perplexity | {:.3} | {:.3} |", dense_ppl.ppl, q_ppl.ppl);
+    println!(
+        "| linear weights (MB) | {dense_mb:.3} (32 bits/w) | {q_mb:.3} ({:.3} bits/w) |",
+        report.bits_per_weight()
+    );
+    println!(
+        "| decode tokens/s | {:.1} | {:.1} |",
+        dense_gen.tokens_per_second, q_gen.tokens_per_second
+    );
+    println!(
+        "| generated | {} | {} |",
+        one_line(&dense_text),
+        one_line(&q_text)
+    );
+    println!("\ntotal {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
 }

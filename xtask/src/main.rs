@@ -4,15 +4,31 @@
 
 use std::process::{Command, ExitCode};
 
+mod fetch;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
-        Some("ci") => run("bash", &[".ci/run"]),
+        Some("ci") => run("bash", &[".ci/run"], &[]),
+        Some("fetch") => match fetch::fetch(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask fetch: {e}");
+                ExitCode::FAILURE
+            }
+        },
         None | Some("help") | Some("--help") | Some("-h") => {
             println!("usage: cargo xtask <command>\n");
             println!(
                 "  bench core     run the any4-core benches (quantization time, CPU matmul vs dense)"
+            );
+            println!(
+                "  bench kernels [--backend flex|cpu|wgpu|cuda] [--sizes 1024,4096] [--batch 1,16] [--repeats N] [--json FILE]"
+            );
+            println!("                 any4 vs dense matmul on one backend, same run");
+            println!(
+                "  fetch NAME...  smollm2, ptb, botchan, shakespeare, mistral-tokenizer, llama-vocab, all (into .cache/)"
             );
             println!("  ci             run .ci/run (what CI runs)");
             ExitCode::SUCCESS
@@ -26,16 +42,70 @@ fn main() -> ExitCode {
 
 fn bench(args: &[String]) -> ExitCode {
     match args.first().map(String::as_str) {
-        None | Some("core") => run("cargo", &["bench", "-p", "any4-core", "--bench", "core"]),
+        None | Some("core") => run(
+            "cargo",
+            &["bench", "-p", "any4-core", "--bench", "core"],
+            &[],
+        ),
+        Some("kernels") => bench_kernels(&args[1..]),
         Some(other) => {
-            eprintln!("xtask bench: unknown suite `{other}` (available: core)");
+            eprintln!("xtask bench: unknown suite `{other}` (available: core, kernels)");
             ExitCode::from(2)
         }
     }
 }
 
-fn run(program: &str, args: &[&str]) -> ExitCode {
-    match Command::new(program).args(args).status() {
+/// `bench kernels [--backend B] ...`: builds the bench with the backend's feature and the runtime
+/// environment it needs, and writes `bench/results/kernels-<backend>.{json,md}` by default.
+fn bench_kernels(args: &[String]) -> ExitCode {
+    let backend = args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+        .map_or("flex", String::as_str)
+        .to_string();
+    let mut cargo: Vec<String> = ["bench", "-p", "burn-any4", "--bench", "kernels"]
+        .map(String::from)
+        .to_vec();
+    let mut env: Vec<(String, String)> = Vec::new();
+    let root = std::env::current_dir().unwrap_or_default();
+    match backend.as_str() {
+        "flex" => {}
+        "wgpu" | "cpu" | "cuda" => {
+            cargo.extend(["--features".to_string(), backend.clone()]);
+            if backend != "wgpu" {
+                let shim = root.join(".ci/llvm-shim");
+                env.push(("XDG_DATA_HOME".into(), shim.display().to_string()));
+            }
+            if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+                env.push(("XDG_RUNTIME_DIR".into(), "/tmp/xdg-runtime-0".into()));
+            }
+        }
+        other => {
+            eprintln!("xtask bench kernels: unknown backend `{other}` (flex, cpu, wgpu, cuda)");
+            return ExitCode::from(2);
+        }
+    }
+    cargo.push("--".into());
+    cargo.extend(args.iter().cloned());
+    if !args.iter().any(|a| a == "--json") {
+        let _ = std::fs::create_dir_all("bench/results");
+        cargo.extend([
+            "--json".to_string(),
+            format!("bench/results/kernels-{backend}.json"),
+        ]);
+    }
+    let refs: Vec<&str> = cargo.iter().map(String::as_str).collect();
+    run("cargo", &refs, &env)
+}
+
+fn run(program: &str, args: &[&str], env: &[(String, String)]) -> ExitCode {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    match cmd.status() {
         Ok(s) if s.success() => ExitCode::SUCCESS,
         Ok(s) => {
             eprintln!("xtask: `{program} {}` failed ({s})", args.join(" "));

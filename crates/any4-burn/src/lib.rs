@@ -4,6 +4,11 @@
 //! the `QLinear` layer that model code is written against, calibration, the quantization pass
 //! and checkpoints.
 //!
+//! Backends: the extension runs natively on Flex (default feature `flex`, any4-core's CPU path)
+//! and, with the features `wgpu`, `cpu` or `cuda`, on every CubeCL runtime through the
+//! `any4-kernels` kernels; any other backend dequantizes with tensor ops and runs a dense matmul
+//! (see [`route`]).
+//!
 //! ```
 //! use any4_burn::{quantize, QLinear, QuantizeConfig};
 //! use burn::tensor::{Device, Tensor};
@@ -23,6 +28,8 @@
 
 mod calib;
 mod checkpoint;
+#[cfg(feature = "cube")]
+mod cube;
 mod error;
 mod linear;
 mod pass;

@@ -1,12 +1,19 @@
 //! The any4 backend extension: `any4_matmul` and `any4_dequantize` on every backend.
 //!
-//! Routing, decided per call from the activation's device:
+//! Routing, decided per call from the activation's device ([`route`]):
 //! - **Flex** (the pure-Rust CPU default): the `Any4Backend` extension, whose Flex impl runs the
 //!   any4-core CPU path directly on the tensors' storage (no copy of the weights);
-//! - with autodiff on Flex, the extension's Autodiff impl: forward as above, backward
+//! - **Cube** (every CubeCL runtime: `Device::wgpu(..)`, `Device::cpu()`, `Device::cuda(i)`; crate
+//!   features `wgpu`, `cpu`, `cuda`): the extension's Cube impl launches the `any4-kernels`
+//!   lookup-table kernels on the device buffers, `Strategy::Auto` (GEMV for M ≤ 8, tiled GEMM
+//!   above). f16 / bf16 activations are converted to f32 for the kernels and the result back;
+//! - with autodiff on either, the extension's Autodiff impl: forward as above, backward
 //!   `dx = dy · W` through `any4_dequantize` (the weight itself is frozen);
-//! - **every other backend** (and Cube runtimes until their kernels are wired in): the portable
-//!   path — dequantize with Burn tensor ops, then a dense matmul. Always valid, autodiff included.
+//! - **every other backend**: the portable path — dequantize with Burn tensor ops, then a dense
+//!   matmul. Always valid, autodiff included.
+//!
+//! The extension is listed for Cube without `Fusion`: the crate depends on burn-cubecl without
+//! its `fusion` feature, so `burn::backend::Cube` is the plain `CubeBackend` implemented here.
 
 use any4_core::GroupSize;
 use burn::backend::{
@@ -58,15 +65,19 @@ impl CpuMatmul {
     }
 }
 
-/// The any4 operations a backend provides.
-#[backend_extension(Flex: cfg(feature = "flex"), Autodiff: cfg(all(feature = "flex", feature = "autodiff")))]
+/// The any4 operations a backend provides (Flex: any4-core CPU path; Cube: any4-kernels).
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(feature = "cube"),
+    Autodiff: cfg(all(feature = "autodiff", any(feature = "flex", feature = "cube"))),
+)]
 pub trait Any4Backend: Backend {
     /// `y = x · Wᵀ` for `x: [m, cols]` → `[m, rows]`.
     fn any4_matmul(
         x: FloatTensor<Self>,
         #[extension_type] w: Any4Weight<Self>,
     ) -> FloatTensor<Self>;
-    /// The dense `[rows, cols]` weight.
+    /// The dense `[rows, cols]` weight, in the table's dtype.
     fn any4_dequantize(#[extension_type] w: Any4Weight<Self>) -> FloatTensor<Self>;
 }
 
@@ -92,7 +103,7 @@ pub struct Any4Tensors {
 /// Which implementation a call takes (chosen from the activation's device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// The backend extension (Flex CPU path).
+    /// The backend extension: Flex (any4-core CPU path) or Cube (any4-kernels).
     Extension,
     /// Dequantize with tensor ops, then a dense matmul: valid on every backend.
     Portable,
@@ -100,15 +111,16 @@ pub enum Route {
 
 /// The route a tensor on `device` takes.
 pub fn route(device: &burn::tensor::Device) -> Route {
-    #[cfg(feature = "flex")]
-    if matches!(
-        device.clone().without_autodiff().as_dispatch(),
-        burn::backend::DispatchDevice::Flex(_)
-    ) {
-        return Route::Extension;
+    #[allow(unused_imports)]
+    use burn::backend::DispatchDevice;
+    match device.clone().without_autodiff().as_dispatch() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => Route::Extension,
+        #[cfg(feature = "cube")]
+        DispatchDevice::Cube(_) => Route::Extension,
+        #[allow(unreachable_patterns)]
+        _ => Route::Portable,
     }
-    let _ = device;
-    Route::Portable
 }
 
 impl Any4Tensors {
@@ -252,18 +264,24 @@ mod flex {
         }
 
         fn any4_dequantize(w: Any4Weight<Self>) -> FlexTensor {
+            let dtype = w.table.dtype();
             let dense = with_view(&w, |v| v.dequantize());
-            FlexTensor::from_data(TensorData::new(dense, w.shape))
+            let data = TensorData::new(dense, w.shape);
+            if dtype == DType::F32 {
+                FlexTensor::from_data(data)
+            } else {
+                FlexTensor::from_data(data.convert_dtype(dtype))
+            }
         }
     }
 }
 
-#[cfg(all(feature = "flex", feature = "autodiff"))]
+#[cfg(all(feature = "autodiff", any(feature = "flex", feature = "cube")))]
 mod autodiff {
     use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-    use burn::backend::{Autodiff, AutodiffBackend, Backend};
+    use burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata};
 
     use super::{Any4Backend, Any4Weight};
 
@@ -291,6 +309,12 @@ mod autodiff {
             let grad = grads.consume::<B>(&ops.node);
             if let Some(node) = node_x {
                 let w = B::any4_dequantize(ops.state);
+                // The table's dtype may differ from the activation's (f32 tables, bf16 model).
+                let w = if w.dtype() == grad.dtype() {
+                    w
+                } else {
+                    B::float_cast(w, grad.dtype().into())
+                };
                 grads.register::<B>(node.id, B::float_matmul(grad, w));
             }
         }

@@ -1,6 +1,6 @@
 //! Prefill-size (M > 8) lookup-table GEMM and the dense fallback matmul.
 //!
-//! [`gemm_kernel`] computes one `tile_m × tile_n` output tile per cube. For each K tile it
+//! [`gemm_kernel`](fn@gemm_kernel) computes one `tile_m × tile_n` output tile per cube. For each K tile it
 //! stages `x[tile_m, tile_k]` and the **dequantized** `W[tile_n, tile_k]` in shared memory
 //! (each code word is read once per cube and expanded to 8 weights), then every unit
 //! accumulates its `tile_m·tile_n / units` outputs in f32. Out-of-range rows, columns and
@@ -117,7 +117,7 @@ pub fn gemm_kernel(
 }
 
 /// Dense fallback `y[M, N] = x[M, K] · w[N, K]ᵀ`, one unit per output, f32 accumulation.
-/// Slow but valid on every runtime; used after [`crate::dequantize::dequantize_kernel`].
+/// Slow but valid on every runtime; used after [`dequantize_kernel`](fn@crate::dequantize::dequantize_kernel).
 #[cube(launch)]
 pub fn dense_matmul_kernel(x: &[f32], w: &[f32], out: &mut [f32], m: usize, n: usize, k: usize) {
     let idx = ABSOLUTE_POS;

@@ -9,6 +9,7 @@
 //! - when a code vector never straddles a group (`aligned`: 8·V divides G), the scale and zero are
 //!   applied once per vector through `Σ_k w·x = s·Σ table[c]·x + z·Σ x` instead of per weight;
 //!   otherwise (e.g. per-row groups with K % 8 ≠ 0) each weight is dequantized on its own;
+//! - with one unit per row (the CPU runtime's choice) there is no split-K and no barrier at all;
 //! - the split-K partial sums are combined by a plane (warp/subgroup) sum when the row's units
 //!   are exactly one plane (`plane_reduce`), else by a shared-memory tree reduction (portable:
 //!   the CPU runtime has planes of size 1);
@@ -50,21 +51,31 @@ pub fn gemv_kernel<V: Size>(
     let local_row = UNIT_POS_Y as usize;
     let row = CUBE_POS * rows_per_cube + local_row;
 
-    // Stage the tables of this cube's rows (rows past N read nothing).
+    // Stage the tables of this cube's rows in shared memory (rows past N read nothing).
     let mut lut = Shared::<[f32]>::new_slice(comptime!(rows_per_cube * 16));
-    for i in range_stepped(
-        UNIT_POS as usize,
-        comptime!(rows_per_cube * 16),
-        CUBE_DIM as usize,
-    ) {
-        let r = CUBE_POS * rows_per_cube + i / 16;
-        let mut t = 0.0f32;
-        if r < n {
-            t = table[r * 16 + i % 16];
+    if comptime!(threads_per_row > 1) {
+        // Cooperative copy, then a barrier: a row's table is read by all its units.
+        for i in range_stepped(
+            UNIT_POS as usize,
+            comptime!(rows_per_cube * 16),
+            CUBE_DIM as usize,
+        ) {
+            let r = CUBE_POS * rows_per_cube + i / 16;
+            let mut t = 0.0f32;
+            if r < n {
+                t = table[r * 16 + i % 16];
+            }
+            lut[i] = t;
         }
-        lut[i] = t;
+        sync_cube();
+    } else if row < n {
+        // One unit per row (CPU runtime): each unit copies and reads only its own row's table,
+        // so no barrier is needed (barriers are what is expensive on a CPU).
+        #[unroll]
+        for i in 0..16usize {
+            lut[local_row * 16 + i] = table[row * 16 + i];
+        }
     }
-    sync_cube();
 
     let mut acc = Array::<f32>::new(m);
     #[unroll]
@@ -133,7 +144,15 @@ pub fn gemv_kernel<V: Size>(
         }
     }
 
-    if plane_reduce {
+    if comptime!(threads_per_row == 1) {
+        // No split-K: the unit holds the whole sum.
+        if row < n {
+            #[unroll]
+            for mm in 0..m {
+                out[mm * n + row] = acc[mm];
+            }
+        }
+    } else if plane_reduce {
         // The row's `threads_per_row` units are one whole plane: one plane sum per batch row.
         // Called by every unit (uniform control flow), written by lane 0.
         #[unroll]

@@ -371,6 +371,8 @@ pub fn gemv_plan(client: &Client, shape: WeightShape) -> GemvPlan {
     let max_units = (hw.max_units_per_cube as usize).max(1);
     let (threads_per_row, plane_reduce) = match reducing_plane(client) {
         Some(plane) => (plane, true),
+        // A plane of 1 (CPU runtime): cube barriers are thread barriers there, so no split-K.
+        None if hw.plane_size_max <= 1 => (1, false),
         None => {
             let vecs_per_row = wpr / vector_size;
             let t = prev_pow2(max_units.min(hw.max_cube_dim.0 as usize).min(32))
@@ -471,8 +473,10 @@ fn launch_gemm(
 ) -> Result<(), KernelError> {
     let s = weight.shape;
     let units = units_1d(client, 256);
-    // 32×32 tiles with ≥ 64 units (≤ 16 accumulators each); 8×8 on small cubes (CPU runtime).
-    let tile = if units >= 64 { 32 } else { 8 };
+    // 32×32 tiles with ≥ 64 units (≤ 16 accumulators each). On small cubes (CPU runtime) one unit
+    // per cube and 8×8 tiles: its `sync_cube` is then free, while a 2-unit cube pays a thread
+    // barrier twice per K tile.
+    let (units, tile) = if units >= 64 { (units, 32) } else { (1, 8) };
     let tile_k = 32;
     let (mx, my, _) = client.properties().hardware.max_cube_count;
     let (cx, cy) = (s.n.div_ceil(tile), m.div_ceil(tile));
@@ -525,20 +529,55 @@ fn launch_fallback(
 ) -> Result<(), KernelError> {
     let s = weight.shape;
     let w = dequantize_f32(client, weight)?;
+    launch_dense(client, &w, x, out, m, s.n, s.k)
+}
+
+/// Dense `out[M, N] = x[M, K] · w[N, K]ᵀ` (all f32, row-major) with the naive fallback kernel:
+/// the baseline the LUT kernels are compared with, and the second half of
+/// [`Strategy::Fallback`].
+pub fn dense_matmul_into(
+    client: &Client,
+    w: &Handle,
+    x: &Handle,
+    out: &Handle,
+    (m, n, k): (usize, usize, usize),
+) -> Result<(), KernelError> {
+    for (what, v) in [("M", m), ("N", n), ("K", k)] {
+        if v == 0 {
+            return Err(KernelError::ZeroDimension { what });
+        }
+    }
+    check_handle("w", w, n * k)?;
+    check_handle("x", x, m * k)?;
+    check_handle("out", out, m * n)?;
+    launch_dense(client, w, x, out, m, n, k)?;
+    client.check(core::iter::once(out))?;
+    Ok(())
+}
+
+fn launch_dense(
+    client: &Client,
+    w: &Handle,
+    x: &Handle,
+    out: &Handle,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<(), KernelError> {
     let units = units_1d(client, 256);
-    let count = linear_cube_count(client, (m * s.n).div_ceil(units))?;
-    // SAFETY (lengths): `w` is `N·K` f32, `x` and `out` were checked.
+    let count = linear_cube_count(client, (m * n).div_ceil(units))?;
+    // SAFETY (lengths): callers checked `w` (N·K), `x` (M·K) and `out` (M·N).
     unsafe {
         dense_matmul_kernel::launch(
             client,
             count,
             CubeDim::new_1d(units as u32),
-            BufferArg::from_raw_parts(x.clone(), m * s.k),
-            BufferArg::from_raw_parts(w, s.n * s.k),
-            BufferArg::from_raw_parts(out.clone(), m * s.n),
+            BufferArg::from_raw_parts(x.clone(), m * k),
+            BufferArg::from_raw_parts(w.clone(), n * k),
+            BufferArg::from_raw_parts(out.clone(), m * n),
             m,
-            s.n,
-            s.k,
+            n,
+            k,
         );
     }
     Ok(())

@@ -6,8 +6,8 @@
 //!
 //! `w[n,k] = table[n, code(n,k)] · scales[n, k/G] + zeros[n, k/G]`, `y = x · Wᵀ` (f32 accumulation).
 //!
-//! Kernels: [`dequantize`](dequantize::dequantize_kernel), decode-size
-//! [`gemv`](gemv::gemv_kernel) (M ≤ 8), prefill-size [`gemm`](gemm::gemm_kernel), and a dense
+//! Kernels: [`dequantize`](fn@dequantize::dequantize_kernel), decode-size
+//! [`gemv`](fn@gemv::gemv_kernel) (M ≤ 8), prefill-size [`gemm`](fn@gemm::gemm_kernel), and a dense
 //! fallback. Use them through the checked helpers in [`launch`] ([`matmul`], [`dequantize_f32`],
 //! …), which validate shapes and return [`KernelError`] instead of panicking.
 //!
@@ -21,12 +21,11 @@ mod error;
 pub mod gemm;
 pub mod gemv;
 pub mod launch;
-pub mod reference;
 
 pub use error::KernelError;
 pub use launch::{
-    Any4Weight, GEMV_MAX_M, GemvPlan, Strategy, WeightShape, dequantize_f16, dequantize_f32,
-    gemv_plan, matmul, matmul_into,
+    Any4Weight, GEMV_MAX_M, GemvPlan, Strategy, WeightShape, dense_matmul_into, dequantize_f16,
+    dequantize_f32, gemv_plan, matmul, matmul_into,
 };
 
 /// Re-exported so callers name the same CubeCL version as the kernels.

@@ -1,12 +1,15 @@
 //! Kernel tests, written once and instantiated per runtime (`cpu`, `wgpu`, `cuda` features) by
-//! `runtime_tests!`. Every kernel is compared with the plain-Rust reference
-//! (`any4_kernels::reference`) on seeded random data.
+//! `runtime_tests!`. Every kernel is compared with any4-core's CPU implementation
+//! (`QuantizedView::dequantize` / `matmul`, the project's ground truth) on seeded random data.
 
 #![allow(missing_docs)]
+// Without a runtime feature there is nothing to launch on: the binary is empty.
+#![cfg(any(feature = "cpu", feature = "wgpu", feature = "cuda"))]
 
+use any4_core::pack;
+use any4_core::{GroupSize, QuantizedView};
 use any4_kernels::cubecl::prelude::Client;
 use any4_kernels::cubecl::server::Handle;
-use any4_kernels::reference::{self, RefShape};
 use any4_kernels::{Any4Weight, KernelError, Strategy, WeightShape};
 
 /// Allowed error relative to the output's natural scale `Σ_k |x|·(|table·scale| + |zero|)`:
@@ -36,9 +39,31 @@ impl Rng {
     }
 }
 
+/// `[N, K]` with groups of `group_size` (`>= K`: one group per row), as the kernels take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dims {
+    n: usize,
+    k: usize,
+    group_size: usize,
+}
+
+impl Dims {
+    fn n_groups(&self) -> usize {
+        self.k.div_ceil(self.group_size)
+    }
+    /// any4-core's group for these dims, `None` for a size it refuses (e.g. 12, see `dense`).
+    fn core_group(&self) -> Option<GroupSize> {
+        if self.group_size >= self.k {
+            Some(GroupSize::PER_ROW)
+        } else {
+            GroupSize::new(self.group_size).ok()
+        }
+    }
+}
+
 /// Host-side quantized weight in the portable layout.
 struct HostWeight {
-    shape: RefShape,
+    shape: Dims,
     codes: Vec<u32>,
     table: Vec<f32>,
     scales: Vec<f32>,
@@ -48,7 +73,7 @@ struct HostWeight {
 impl HostWeight {
     fn random(n: usize, k: usize, g: usize, seed: u64) -> Self {
         let mut rng = Rng(seed);
-        let shape = RefShape {
+        let shape = Dims {
             n,
             k,
             group_size: g,
@@ -57,11 +82,31 @@ impl HostWeight {
         let ng = shape.n_groups();
         Self {
             shape,
-            codes: reference::pack_codes(&raw, n, k),
+            codes: pack::pack(&raw, n, k),
             table: rng.vec(n * 16, -8.0, 8.0),
             scales: rng.vec(n * ng, 0.01, 0.2),
             zeros: rng.vec(n * ng, -0.5, 0.5),
         }
+    }
+
+    /// any4-core's view of this weight, when it accepts the group size.
+    fn view(&self) -> Option<QuantizedView<'_>> {
+        let Dims { n, k, .. } = self.shape;
+        let group = self.shape.core_group()?;
+        let view = QuantizedView::new(
+            [n, k],
+            group,
+            &self.codes,
+            &self.table,
+            &self.scales,
+            &self.zeros,
+        );
+        Some(view.expect("test weights match their dims"))
+    }
+
+    fn code(&self, row: usize, col: usize) -> usize {
+        let wpr = pack::words_per_row(self.shape.k);
+        pack::code(&self.codes[row * wpr..(row + 1) * wpr], col) as usize
     }
 
     /// int4 as a table: every row's table is 0..15.
@@ -84,19 +129,39 @@ impl HostWeight {
         .unwrap()
     }
 
+    /// Dense `W[N, K]`: any4-core's `dequantize`. any4-core only accepts the group sizes a
+    /// quantizer produces (32..1024, per row), while the kernels take any `G`; the unaligned
+    /// G = 12 cases (code vectors straddling groups, the GEMV's per-weight scaling path) keep
+    /// this one-line definition `w = table[code]·scale[k/G] + zero[k/G]` as their reference.
     fn dense(&self) -> Vec<f32> {
-        reference::dequantize(
-            &self.codes,
-            &self.table,
-            &self.scales,
-            &self.zeros,
-            self.shape,
-        )
+        if let Some(view) = self.view() {
+            return view.dequantize();
+        }
+        let Dims { n, k, group_size } = self.shape;
+        let ng = self.shape.n_groups();
+        (0..n * k)
+            .map(|i| {
+                let (row, col) = (i / k, i % k);
+                let g = row * ng + col / group_size;
+                self.table[row * 16 + self.code(row, col)] * self.scales[g] + self.zeros[g]
+            })
+            .collect()
+    }
+
+    /// `y[M, N] = x · Wᵀ`: any4-core's `QuantizedView::matmul`, or its dense matmul over
+    /// [`dense`](Self::dense) for group sizes any4-core refuses.
+    fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let Dims { n, k, .. } = self.shape;
+        match self.view() {
+            Some(view) => view.matmul(x, m),
+            None => any4_core::dense_matmul(x, m, &self.dense(), n, k),
+        }
+        .expect("x is m × k")
     }
 
     /// Per output `(m, n)`: `Σ_k |x|·(|table·scale| + |zero|)`, the scale errors are relative to.
     fn output_scale(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let RefShape { n, k, group_size } = self.shape;
+        let Dims { n, k, group_size } = self.shape;
         let ng = self.shape.n_groups();
         let mut out = vec![0.0f32; m * n];
         for i in 0..m {
@@ -104,7 +169,7 @@ impl HostWeight {
                 let mut acc = 0.0f32;
                 for l in 0..k {
                     let g = j * ng + l / group_size;
-                    let t = self.table[j * 16 + reference::code(&self.codes, self.shape, j, l)];
+                    let t = self.table[j * 16 + self.code(j, l)];
                     acc += x[i * k + l].abs() * ((t * self.scales[g]).abs() + self.zeros[g].abs());
                 }
                 out[i * n + j] = acc;
@@ -152,11 +217,10 @@ fn strategies(m: usize) -> Vec<Strategy> {
 fn check_matmul(client: &Client, n: usize, k: usize, g: usize, seed: u64) {
     let host = HostWeight::random(n, k, g, seed);
     let weight = host.upload(client);
-    let dense = host.dense();
     let mut rng = Rng(seed ^ 0xA5A5);
     for m in BATCHES {
         let x = rng.vec(m * k, -1.0, 1.0);
-        let want = reference::matmul(&x, &dense, m, n, k);
+        let want = host.matmul(&x, m);
         let scale = host.output_scale(&x, m);
         let xh = client.create_from_slice(bytemuck::cast_slice(&x));
         for strategy in strategies(m) {
@@ -212,7 +276,7 @@ fn check_adversarial(client: &Client) {
     for m in [1usize, 3, 16] {
         let x = rng.vec(m * k, -1.0, 1.0);
         let xh = client.create_from_slice(bytemuck::cast_slice(&x));
-        let want = reference::matmul(&x, &host.dense(), m, n, k);
+        let want = host.matmul(&x, m);
         let scale = host.output_scale(&x, m);
         for strategy in strategies(m) {
             let run = |w: &HostWeight| {
@@ -346,7 +410,7 @@ fn check_gemv_plans_explicit(client: &Client) {
     for m in [1usize, 3] {
         let x = rng.vec(m * k, -1.0, 1.0);
         let xh = client.create_from_slice(bytemuck::cast_slice(&x));
-        let want = reference::matmul(&x, &host.dense(), m, n, k);
+        let want = host.matmul(&x, m);
         let scale = host.output_scale(&x, m);
         for vector_size in [1, 2, 4] {
             for aligned in [false, true] {
@@ -387,6 +451,38 @@ fn check_gemv_plans_explicit(client: &Client) {
         matches!(err, Err(KernelError::InvalidPlan { .. })),
         "{err:?}"
     );
+}
+
+/// Rough timings (not a benchmark: kernels are JIT-compiled, so the numbers do not depend on the
+/// Rust profile). `cargo test --features wgpu -- --ignored --nocapture timing`.
+fn report_timing(client: &Client) {
+    use std::time::Instant;
+    let (n, k, g) = (4096, 4096, 128);
+    let host = HostWeight::random(n, k, g, 1);
+    let weight = host.upload(client);
+    let dense = any4_kernels::dequantize_f32(client, &weight).unwrap();
+    let sync = || any4_kernels::cubecl::future::block_on(client.sync()).unwrap();
+    for m in [1usize, 8, 16] {
+        let x = client.create_from_slice(bytemuck::cast_slice(&Rng(2).vec(m * k, -1.0, 1.0)));
+        let out = client.empty(m * n * 4);
+        let time = |f: &dyn Fn()| {
+            f();
+            sync();
+            let iters = 5;
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            sync();
+            t.elapsed().as_secs_f64() * 1e3 / iters as f64
+        };
+        let lut = time(&|| {
+            any4_kernels::matmul_into(client, &weight, &x, m, &out, Strategy::Auto).unwrap()
+        });
+        let base =
+            time(&|| any4_kernels::dense_matmul_into(client, &dense, &x, &out, (m, n, k)).unwrap());
+        eprintln!("N=K={n} G={g} M={m}: any4 Auto {lut:.2} ms, naive dense f32 {base:.2} ms");
+    }
 }
 
 macro_rules! runtime_tests {
@@ -443,6 +539,14 @@ macro_rules! runtime_tests {
             case!(shape_errors, check_errors);
             case!(gemv_plans, check_plans);
             case!(gemv_plans_explicit, check_gemv_plans_explicit);
+
+            #[test]
+            #[ignore = "timing report, run by hand"]
+            fn timing_4096() {
+                if let Some(client) = client() {
+                    report_timing(&client);
+                }
+            }
         }
     };
 }

@@ -1,0 +1,255 @@
+//! any4 matmul vs the dense matmul of the same backend and dtype, measured in the same run.
+//!
+//! `cargo xtask bench kernels [--backend flex|cpu|wgpu|cuda] [--sizes 1024,4096] [--batch 1,16]
+//! [--repeats N] [--json FILE]` (or `cargo bench --bench kernels --features <backend> -- ...`).
+//!
+//! For every square size `K = N` and batch `M`: random any4 weights (per-row learned-style tables,
+//! per-group scales: kernel speed does not depend on the values) through `QLinear`'s any4 path,
+//! against `x.matmul(W)` with a dense f32 `W` as `nn::Linear` does. Each timed call is synced
+//! (its output read back) and the median of the repeats is reported.
+//!
+//! Cache honesty: both sides rotate over enough weight copies (> 128 MB each, 4× this CPU's L3
+//! and 2× a data-centre GPU's L2) that every timed call streams its weights from memory, as real
+//! decode does; when memory limits the copies (large dense weights), the table says so.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use any4_burn::Any4Linear;
+use any4_core::rng::SplitMix64;
+use any4_core::{Any4Config, Format, GroupSize, QuantizedMatrix};
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// Bytes each side's rotation should exceed.
+const ROTATION_BYTES: usize = 128 << 20;
+/// Upper bound on the memory all copies of one side may take.
+const MAX_COPY_BYTES: usize = 3 << 30;
+
+struct Args {
+    backend: String,
+    sizes: Vec<usize>,
+    batches: Vec<usize>,
+    repeats: usize,
+    json: Option<PathBuf>,
+}
+
+fn parse_list(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("not a number: `{v}`"))
+        })
+        .collect()
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        backend: "flex".into(),
+        sizes: vec![1024, 4096],
+        batches: vec![1, 4, 16, 64],
+        repeats: 15,
+        json: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--backend" => a.backend = val()?,
+            "--sizes" => a.sizes = parse_list(&val()?)?,
+            "--batch" => a.batches = parse_list(&val()?)?,
+            "--repeats" => a.repeats = val()?.parse().map_err(|_| "--repeats needs a number")?,
+            "--json" => a.json = Some(val()?.into()),
+            "--bench" => {} // passed by `cargo bench`
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(a)
+}
+
+fn device(backend: &str) -> Result<Device, String> {
+    match backend {
+        "flex" => Ok(Device::flex()),
+        #[cfg(feature = "cpu")]
+        "cpu" => Ok(Device::cpu()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::cuda(0)),
+        other => Err(format!(
+            "backend `{other}` is not compiled in: build with `--features {other}` (flex is always on)"
+        )),
+    }
+}
+
+/// Random weights in the any4 layout: codes, a 16-entry ascending table per row, group params.
+fn random_any4(n: usize, k: usize, seed: u64) -> QuantizedMatrix {
+    let mut r = SplitMix64::new(seed);
+    let cfg = Any4Config::new(Format::Any4).with_group_size(GroupSize::G128);
+    let groups = cfg.group_size().groups_for(k);
+    let codes = (0..n * k.div_ceil(8))
+        .map(|_| r.next_u64() as u32)
+        .collect();
+    let table = (0..n)
+        .flat_map(|_| {
+            let mut t: Vec<f32> = (0..16)
+                .map(|_| half::f16::from_f64(r.next_f64() * 15.0).to_f32())
+                .collect();
+            t.sort_by(f32::total_cmp);
+            t
+        })
+        .collect();
+    let scales = (0..n * groups)
+        .map(|_| 1e-3 + r.next_f64() as f32 * 1e-3)
+        .collect();
+    let zeros = (0..n * groups)
+        .map(|_| -0.01 * r.next_f64() as f32)
+        .collect();
+    QuantizedMatrix::from_parts(cfg, [n, k], codes, table, scales, zeros).expect("consistent parts")
+}
+
+fn copies(bytes_each: usize) -> (usize, bool) {
+    let want = ROTATION_BYTES.div_ceil(bytes_each).max(1);
+    let fit = (MAX_COPY_BYTES / bytes_each).max(1);
+    (want.min(fit), want <= fit || bytes_each > ROTATION_BYTES)
+}
+
+/// Median wall time of `f` over `repeats` calls after 3 warm-ups, in microseconds.
+fn median_us(repeats: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let mut t: Vec<f64> = (0..repeats)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// Read one value back: forces the backend to finish the call.
+fn sync(y: Tensor<2>) {
+    let _ = y.slice([0..1, 0..1]).into_data();
+}
+
+struct Record {
+    m: usize,
+    k: usize,
+    n: usize,
+    dense_us: f64,
+    any4_us: f64,
+    cold: bool,
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench kernels: {e}");
+            std::process::exit(2);
+        }
+    };
+    let dev = match device(&args.backend) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("bench kernels: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut records = Vec::new();
+    for &s in &args.sizes {
+        let (n, k) = (s, s);
+        let q = random_any4(n, k, s as u64);
+        let (qa, cold_a) = copies(n * k / 2);
+        let (qd, cold_d) = copies(n * k * 4);
+        let any4: Vec<Any4Linear> = (0..qa)
+            .map(|_| Any4Linear::from_quantized(&q, None, &dev))
+            .collect();
+        let dense_w = q.dequantize();
+        let dense: Vec<Tensor<2>> = (0..qd)
+            .map(|_| {
+                Tensor::<2>::from_data(TensorData::new(dense_w.clone(), [n, k]), &dev).transpose()
+            })
+            .collect();
+        drop(dense_w);
+        for &m in &args.batches {
+            let mut r = SplitMix64::new(7);
+            let xv: Vec<f32> = (0..m * k).map(|_| r.next_gaussian() as f32).collect();
+            let x = Tensor::<2>::from_data(TensorData::new(xv, [m, k]), &dev);
+            let mut i = 0;
+            let dense_us = median_us(args.repeats, || {
+                i = (i + 1) % dense.len();
+                sync(x.clone().matmul(dense[i].clone()));
+            });
+            let any4_us = median_us(args.repeats, || {
+                i = (i + 1) % any4.len();
+                sync(any4[i].forward(x.clone()));
+            });
+            records.push(Record {
+                m,
+                k,
+                n,
+                dense_us,
+                any4_us,
+                cold: cold_a && cold_d,
+            });
+            eprintln!(
+                "  {}x{} m={m}: dense {dense_us:.0} µs, any4 {any4_us:.0} µs",
+                n, k
+            );
+        }
+    }
+    let device_name = format!("{dev:?}");
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "backend `{}` ({device_name}), f32 activations, any4 G=128\n",
+        args.backend
+    );
+    let _ = writeln!(
+        table,
+        "| M | K = N | dense µs | any4 µs | speed-up | weights from memory |"
+    );
+    let _ = writeln!(table, "|---|---|---|---|---|---|");
+    for r in &records {
+        let _ = writeln!(
+            table,
+            "| {} | {} | {:.0} | {:.0} | {:.2}× | {} |",
+            r.m,
+            r.k,
+            r.dense_us,
+            r.any4_us,
+            r.dense_us / r.any4_us,
+            if r.cold {
+                "yes"
+            } else {
+                "partly (copies limited by RAM)"
+            }
+        );
+    }
+    println!("{table}");
+    if let Some(path) = &args.json {
+        let json: Vec<serde_json::Value> = records
+            .iter()
+            .map(|r| {
+                serde_json::json!({"backend": args.backend, "device": device_name, "dtype": "f32",
+                    "format": "any4", "m": r.m, "k": r.k, "n": r.n, "dense_us": r.dense_us,
+                    "any4_us": r.any4_us, "speedup": r.dense_us / r.any4_us, "weights_from_memory": r.cold})
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&json).expect("json");
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("bench kernels: cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+        let md = path.with_extension("md");
+        if let Err(e) = std::fs::write(&md, &table) {
+            eprintln!("bench kernels: cannot write {}: {e}", md.display());
+            std::process::exit(1);
+        }
+    }
+}

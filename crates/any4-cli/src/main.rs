@@ -1,0 +1,403 @@
+//! `any4`: quantize LLMs to any4 (and int4/nf4/fp4/any3/any2), inspect checkpoints, generate
+//! text and measure perplexity, on any Burn backend compiled in.
+//!
+//! Errors print one line (`any4: <file>: <what is wrong>`) to stderr and exit with status 1;
+//! usage errors exit with 2. Nothing panics with a backtrace: a panic hook turns an internal
+//! error into one line as well.
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use any4_burn::{
+    CALIBRATION_PROMPT, Calibrator, Checkpoint, QuantizeConfig, quantize, quantize_sequential,
+};
+use any4_core::{Any4Config, Format, GroupSize, ParamDtype, Scaling, Solver};
+use any4_llm::{
+    GenerateConfig, PerplexityConfig, Sampling, generate, load_auto, perplexity, save_any4,
+    token_tensor,
+};
+use burn::tensor::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(
+    name = "any4",
+    version,
+    about = "Learned 4-bit weight quantization for LLMs, on Burn"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Backend to run on.
+    #[arg(long, global = true, value_enum, default_value_t = Backend::Flex)]
+    backend: Backend,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    /// Pure-Rust CPU (SIMD, multi-threaded).
+    Flex,
+    /// CubeCL's CPU runtime (build with `--features cpu`).
+    Cpu,
+    /// Vulkan / Metal / DX12 through wgpu (build with `--features wgpu`).
+    Wgpu,
+    /// NVIDIA CUDA (build with `--features cuda`).
+    Cuda,
+}
+
+impl Backend {
+    fn device(self) -> AnyResult<Device> {
+        match self {
+            Backend::Flex => Ok(Device::flex()),
+            #[cfg(feature = "cpu")]
+            Backend::Cpu => Ok(Device::cpu()),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => Ok(Device::cuda(0)),
+            #[allow(unreachable_patterns)]
+            other => {
+                let name = other
+                    .to_possible_value()
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default();
+                Err(format!(
+                    "backend `{name}` is not compiled in: rebuild with `--features {name}`"
+                )
+                .into())
+            }
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Quantize a model (HF folder or GGUF file) and save an any4 checkpoint folder.
+    Quantize(QuantizeArgs),
+    /// Show the layers, formats, shapes and sizes of an any4 checkpoint.
+    Inspect(InspectArgs),
+    /// Generate text from a prompt.
+    Generate(GenerateArgs),
+    /// Perplexity of a model on a text file (GPTQ protocol: non-overlapping windows).
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// HF model folder, GGUF file, or any4 checkpoint folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output folder (created; an existing checkpoint there is replaced atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Numeric format.
+    #[arg(long, default_value = "any4", value_parser = parse::<Format>)]
+    format: Format,
+    /// Inputs per scale/zero group: 32, 64, 128, 256, 512, 1024 or per-row.
+    #[arg(long, default_value = "128", value_parser = parse::<GroupSize>)]
+    group_size: GroupSize,
+    /// Symmetric (absmax) scaling instead of the format's default.
+    #[arg(long)]
+    symmetric: bool,
+    /// Table learner for anyN: Lloyd k-means (paper) or the exact 1-D optimum.
+    #[arg(long, default_value = "lloyd", value_parser = parse::<Solver>)]
+    kmeans: Solver,
+    /// Precision of tables, scales and zeros.
+    #[arg(long, default_value = "f16", value_parser = parse::<ParamDtype>)]
+    dtype: ParamDtype,
+    /// k-means seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Calibration text (default: the built-in diverse prompt).
+    #[arg(long)]
+    calib_file: Option<PathBuf>,
+    /// Use at most this many calibration tokens.
+    #[arg(long, default_value_t = 2048)]
+    calib_tokens: usize,
+    /// Calibrate block by block on the already-quantized earlier blocks.
+    #[arg(long)]
+    sequential: bool,
+    /// Leave layers matching this pattern dense (repeatable; `lm_head` and embeddings always).
+    #[arg(long)]
+    skip: Vec<String>,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// any4 checkpoint folder or its `model.safetensors`.
+    path: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// HF folder, GGUF file, or any4 checkpoint folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// HF folder, GGUF file, or any4 checkpoint folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Text file to evaluate on.
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 2048)]
+    seq_len: usize,
+    /// Evaluate at most this many windows.
+    #[arg(long)]
+    max_windows: Option<usize>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse<T: std::str::FromStr>(s: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse::<T>().map_err(|e| e.to_string())
+}
+
+fn read_text(path: &Path) -> AnyResult<String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
+    let mut any4 = Any4Config::new(a.format)
+        .with_group_size(a.group_size)
+        .with_solver(a.kmeans)
+        .with_seed(a.seed)
+        .with_param_dtype(a.dtype);
+    if a.symmetric {
+        any4 = any4.with_scaling(Scaling::Symmetric);
+    }
+    let mut cfg = QuantizeConfig::new(any4).with_progress(true);
+    for p in &a.skip {
+        cfg = cfg.exclude(p)?;
+    }
+    let t = Instant::now();
+    let (mut model, tokenizer) = load_auto(&a.model, device)?;
+    eprintln!(
+        "loaded {} in {:.1}s",
+        a.model.display(),
+        t.elapsed().as_secs_f64()
+    );
+    let text = match &a.calib_file {
+        Some(f) => read_text(f)?,
+        None => CALIBRATION_PROMPT.to_string(),
+    };
+    let mut ids = tokenizer.encode(&text, true)?;
+    ids.truncate(a.calib_tokens.max(2));
+    let tokens = token_tensor(&ids, device);
+    let (mut model, report) = if a.sequential {
+        quantize_sequential(model, &cfg, &tokens)?
+    } else {
+        let mut calibrator = Calibrator::new();
+        calibrator.attach(&mut model, |p| cfg.selects(p));
+        let _ = model.forward_all(tokens);
+        let stats = calibrator.detach(&mut model);
+        quantize(model, &cfg, Some(&stats))?
+    };
+    let qc = save_any4(&a.out, &mut model, &tokenizer)?;
+    println!("{}", report.to_string().lines().last().unwrap_or_default());
+    println!(
+        "calibration: {} tokens ({}), {} layers quantized, saved to {}",
+        ids.len(),
+        if a.sequential {
+            "sequential"
+        } else {
+            "one-shot"
+        },
+        qc.layers.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
+    let file = if a.path.is_dir() {
+        a.path.join("model.safetensors")
+    } else {
+        a.path.clone()
+    };
+    let ckpt = Checkpoint::open(&file)?;
+    let cfg = ckpt.config();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(cfg)?);
+        return Ok(());
+    }
+    println!(
+        "{} ({:.2} MB, {}, schema {})",
+        file.display(),
+        ckpt.file_bytes() as f64 / 1e6,
+        cfg.tool_version,
+        cfg.schema_version
+    );
+    println!("| layer | shape | format | group | scaling | table | bits/weight |");
+    println!("|---|---|---|---|---|---|---|");
+    let (mut weights, mut bits) = (0usize, 0.0f64);
+    for (path, l) in &cfg.layers {
+        let [n, k] = l.shape;
+        let groups = l.config.group_size().groups_for(k);
+        let table_rows = if l.table == "shared" { 1 } else { n };
+        let pbits = l.config.param_dtype().bits() as f64;
+        let bpw =
+            4.0 + (2.0 * (n * groups) as f64 + 16.0 * table_rows as f64) * pbits / (n * k) as f64;
+        weights += n * k;
+        bits += bpw * (n * k) as f64;
+        println!(
+            "| {path} | {n}×{k} | {} | {} | {:?} | {} | {bpw:.3} |",
+            l.config.format(),
+            l.config.group_size(),
+            l.config.scaling(),
+            l.table
+        );
+    }
+    println!(
+        "{} quantized layers, {:.2} M weights at {:.3} bits/weight; dense: {}",
+        cfg.layers.len(),
+        weights as f64 / 1e6,
+        bits / weights.max(1) as f64,
+        if cfg.modules_not_quantized.is_empty() {
+            "-".to_string()
+        } else {
+            cfg.modules_not_quantized.join(", ")
+        }
+    );
+    Ok(())
+}
+
+fn cmd_generate(a: GenerateArgs, device: &Device) -> AnyResult<()> {
+    let (model, tokenizer) = load_auto(&a.model, device)?;
+    let sampling = if a.temperature <= 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::TopP {
+            temperature: a.temperature,
+            top_p: a.top_p,
+        }
+    };
+    let cfg = GenerateConfig {
+        max_new_tokens: a.max_tokens,
+        sampling,
+        seed: a.seed,
+        stop_tokens: tokenizer.eos_ids().to_vec(),
+    };
+    let prompt = tokenizer.encode(&a.prompt, true)?;
+    print!("{}", a.prompt);
+    let mut out = Vec::new();
+    let mut shown = 0;
+    let r#gen = generate(&model, &prompt, &cfg, &mut |tok| {
+        out.push(tok);
+        if let Ok(text) = tokenizer.decode(&out, true) {
+            print!("{}", &text[shown.min(text.len())..]);
+            shown = text.len();
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+    })?;
+    println!();
+    eprintln!(
+        "{} tokens, {:.1} tokens/s (prefill {} tokens in {:.2}s)",
+        r#gen.tokens.len(),
+        r#gen.tokens_per_second,
+        r#gen.prompt_tokens,
+        r#gen.prefill_seconds
+    );
+    Ok(())
+}
+
+fn cmd_eval(a: EvalArgs, device: &Device) -> AnyResult<()> {
+    let (model, tokenizer) = load_auto(&a.model, device)?;
+    let text = read_text(&a.text)?;
+    let cfg = PerplexityConfig {
+        seq_len: a.seq_len,
+        max_windows: a.max_windows,
+        ..PerplexityConfig::default()
+    };
+    let t = Instant::now();
+    let p = perplexity(&model, &tokenizer, &text, &cfg)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"model": a.model, "text": a.text, "seq_len": a.seq_len, "ppl": p.ppl,
+                "nll": p.nll, "tokens": p.tokens, "windows": p.windows,
+                "seconds": t.elapsed().as_secs_f64()})
+        );
+    } else {
+        println!(
+            "perplexity {:.4} over {} tokens ({} windows of {}), {:.1}s",
+            p.ppl,
+            p.tokens,
+            p.windows,
+            a.seq_len,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// `error: cause: cause` on one line.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        eprintln!("any4: internal error: {msg}");
+    }));
+    let cli = Cli::parse();
+    let result = cli.backend.device().and_then(|device| match cli.cmd {
+        Cmd::Quantize(a) => cmd_quantize(a, &device),
+        Cmd::Inspect(a) => cmd_inspect(a),
+        Cmd::Generate(a) => cmd_generate(a, &device),
+        Cmd::Eval(a) => cmd_eval(a, &device),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("any4: {}", one_line(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The decoder block: grouped-query attention with RoPE, a SwiGLU MLP and two RMSNorms.
+//!
+//! Field names mirror HF (`self_attn.q_proj`, `mlp.gate_proj`, `input_layernorm`, ...), so module
+//! paths seen by the quantization pass read like HF tensor names without the `model.` prefix.
+
+use any4_burn::{QLinear, impl_qlinear_container};
+use burn::module::Module;
+use burn::nn::RmsNorm;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::rope::RopeTables;
+
+/// Keys and values of one layer seen so far, `[batch, kv_heads, len, head_dim]` each.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    kv: Option<(Tensor<4>, Tensor<4>)>,
+}
+
+impl LayerCache {
+    /// Append new keys/values and return everything cached, new ones included.
+    fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let (k, v) = match self.kv.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        self.kv = Some((k.clone(), v.clone()));
+        (k, v)
+    }
+
+    /// Keep only the last `keep` positions (sliding-window attention never looks further back).
+    pub(crate) fn keep_last(&mut self, keep: usize) {
+        if keep == 0 {
+            self.kv = None;
+        } else if let Some((k, v)) = self.kv.take() {
+            let len = k.dims()[2];
+            let drop = len.saturating_sub(keep);
+            self.kv = Some(if drop == 0 {
+                (k, v)
+            } else {
+                (k.narrow(2, drop, keep), v.narrow(2, drop, keep))
+            });
+        }
+    }
+}
+
+/// What every layer of one forward call shares: rotary tables and the attention mask.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    /// Rotary tables for the new positions.
+    pub rope: RopeTables,
+    /// Additive mask `[new, total]` (0 or −∞), `None` when every key is visible.
+    pub mask: Option<Tensor<2>>,
+}
+
+/// Additive attention mask for queries at positions `start..start+len` over cached and new keys
+/// at positions `key_start..start+len`.
+///
+/// Key `j` is visible from query `i` iff `j ≤ i` (causal) and, with a sliding window `w`,
+/// `i − j < w` (HF Mistral: the query itself counts toward the window). Returns `None` when
+/// nothing is masked (single-token decode inside the window) to skip the add.
+pub fn attention_mask(
+    key_start: usize,
+    start: usize,
+    len: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Option<Tensor<2>> {
+    assert!(
+        key_start <= start,
+        "keys must start at or before the queries"
+    );
+    let keys = start + len - key_start;
+    let mut any = false;
+    let mut m = vec![0f32; len * keys];
+    for q in 0..len {
+        let i = start + q;
+        for k in 0..keys {
+            let j = key_start + k;
+            let visible = j <= i && window.is_none_or(|w| i - j < w);
+            if !visible {
+                m[q * keys + k] = f32::NEG_INFINITY;
+                any = true;
+            }
+        }
+    }
+    any.then(|| Tensor::from_data(TensorData::new(m, [len, keys]), device))
+}
+
+/// Multi-head self-attention with grouped key/value heads.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// `[hidden] → [heads·head_dim]`.
+    pub q_proj: QLinear,
+    /// `[hidden] → [kv_heads·head_dim]`.
+    pub k_proj: QLinear,
+    /// `[hidden] → [kv_heads·head_dim]`.
+    pub v_proj: QLinear,
+    /// `[heads·head_dim] → [hidden]`.
+    pub o_proj: QLinear,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads; each serves `num_heads / num_kv_heads` query heads.
+    pub num_kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+}
+impl_qlinear_container!(Attention {
+    q_proj,
+    k_proj,
+    v_proj,
+    o_proj
+});
+
+impl Attention {
+    /// `x: [batch, new, hidden]`; with a cache, the new keys/values are appended to it.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        ctx: &StepContext,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2);
+        let q = ctx.rope.apply(split(self.q_proj.forward(x.clone()), h));
+        let k = ctx.rope.apply(split(self.k_proj.forward(x.clone()), kvh));
+        let v = split(self.v_proj.forward(x), kvh);
+        let (k, v) = match cache {
+            Some(c) => c.append(k, v),
+            None => (k, v),
+        };
+        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        let scores = match &ctx.mask {
+            Some(m) => scores + m.clone().unsqueeze::<4>(),
+            None => scores,
+        };
+        let out = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, t, h * hd]);
+        self.o_proj.forward(out)
+    }
+}
+
+/// `[b, kv_heads, s, d] → [b, kv_heads·rep, s, d]`, query head `i` reading kv head `i / rep`.
+fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
+    if rep == 1 {
+        return x;
+    }
+    let [b, kvh, s, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .repeat_dim(2, rep)
+        .reshape([b, kvh * rep, s, d])
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// `[hidden] → [intermediate]`, activated.
+    pub gate_proj: QLinear,
+    /// `[hidden] → [intermediate]`, linear.
+    pub up_proj: QLinear,
+    /// `[intermediate] → [hidden]`.
+    pub down_proj: QLinear,
+}
+impl_qlinear_container!(Mlp {
+    gate_proj,
+    up_proj,
+    down_proj
+});
+
+impl Mlp {
+    /// Apply to the last dimension.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// One pre-norm decoder block: `h = x + attn(norm₁ x)`, `out = h + mlp(norm₂ h)`.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// Self-attention.
+    pub self_attn: Attention,
+    /// Feed-forward.
+    pub mlp: Mlp,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+}
+impl_qlinear_container!(DecoderLayer { self_attn, mlp });
+
+impl DecoderLayer {
+    /// `x: [batch, new, hidden]`.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        ctx: &StepContext,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), ctx, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}

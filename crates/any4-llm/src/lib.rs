@@ -1,0 +1,51 @@
+//! # any4-llm
+//!
+//! Llama and Mistral causal language models written once over [`any4_burn::QLinear`], so the
+//! same code runs dense or any4-quantized: HF safetensors loading, tokenizer, KV-cached
+//! generation with sampling, and GPTQ-style perplexity.
+//!
+//! ```no_run
+//! use any4_burn::{CALIBRATION_PROMPT, QuantizeConfig, quantize};
+//! use any4_llm::{GenerateConfig, PerplexityConfig, generate, load_pretrained, perplexity, token_tensor};
+//! use burn::tensor::Device;
+//!
+//! let device = Device::flex();
+//! let (mut model, tok) = load_pretrained("models/tiny-llama", &device)?;
+//! let text = std::fs::read_to_string("models/tiny-llama/heldout.txt").unwrap_or_default();
+//! let cfg = PerplexityConfig { seq_len: 256, max_windows: Some(8), batch_size: 4 };
+//! let dense = perplexity(&model, &tok, &text, &cfg)?;
+//!
+//! // One-shot calibration, then every linear but the LM head becomes any4.
+//! let stats = model.calibrate(token_tensor(&tok.encode(CALIBRATION_PROMPT, true)?, &device));
+//! let (model, report) = quantize(model, &QuantizeConfig::default(), Some(&stats))?;
+//! let quantized = perplexity(&model, &tok, &text, &cfg)?;
+//!
+//! let prompt = tok.encode("The king said", true)?;
+//! let out = generate(&model, &prompt, &GenerateConfig::default(), &mut |_| {})?;
+//! println!("{} → {}: {}", dense.ppl, quantized.ppl, tok.decode(&out.tokens, true)?);
+//! # Ok::<(), any4_llm::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+mod auto;
+mod config;
+mod error;
+mod eval;
+mod generate;
+pub mod gguf;
+mod layers;
+mod load;
+mod model;
+mod rope;
+mod tokenizer;
+
+pub use auto::{GgufSource, load_auto, load_gguf, save_any4};
+pub use config::{Architecture, LlamaConfig, RopeConfig, RopeScaling, RopeScalingConfig, TokenIds};
+pub use error::{Error, Result};
+pub use eval::{Perplexity, PerplexityConfig, perplexity, perplexity_of_ids};
+pub use generate::{GenerateConfig, Generation, Sampling, generate, sample};
+pub use layers::{Attention, DecoderLayer, LayerCache, Mlp, StepContext, attention_mask};
+pub use load::{SafetensorsSource, TensorSource, load_model, load_pretrained};
+pub use model::{KvCache, Llama, ReadTensor, hf_tensor_shapes, token_tensor, token_tensor_batch};
+pub use rope::{RopeTables, inv_freq};
+pub use tokenizer::Tokenizer;

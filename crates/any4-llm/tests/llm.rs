@@ -1,0 +1,492 @@
+//! any4-llm behaviour tests on the Flex backend (one test binary: each costs a link).
+
+use std::path::{Path, PathBuf};
+
+use any4_burn::{CALIBRATION_PROMPT, QuantizeConfig, quantize, quantize_sequential};
+use any4_core::rng::SplitMix64;
+use any4_llm::*;
+use burn::tensor::{Device, Tensor};
+use safetensors::tensor::{Dtype, TensorView};
+
+fn device() -> Device {
+    Device::flex()
+}
+
+fn tiny_llama_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-llama")
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data")
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+fn max_abs(a: &[f32]) -> f32 {
+    a.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// f32 sums of a few hundred products in different orders (cache vs full forward, batched vs
+/// not), relative to the logit scale.
+const F32_REORDER_TOL: f32 = 1e-5;
+
+/// Our f32 forward against transformers' eager f32 forward: different kernels and summation
+/// orders, relative to the largest logit.
+const HF_LOGIT_TOL: f32 = 1e-5;
+
+fn random_config(sliding_window: Option<usize>, layers: usize) -> LlamaConfig {
+    let json = serde_json::json!({
+        "architectures": [if sliding_window.is_some() { "MistralForCausalLM" } else { "LlamaForCausalLM" }],
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 128,
+        "vocab_size": 97,
+        "tie_word_embeddings": false,
+        "sliding_window": sliding_window,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    });
+    LlamaConfig::from_json(&json.to_string()).expect("valid test config")
+}
+
+fn random_ids(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
+    let mut r = SplitMix64::new(seed);
+    (0..n)
+        .map(|_| (r.next_u64() % vocab as u64) as u32)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) numerics against transformers
+// ---------------------------------------------------------------------------------------------
+
+/// `models/tiny-llama/reference_logits.json`, written by `train.py` (stage eval).
+#[derive(serde::Deserialize)]
+struct Reference {
+    text: String,
+    input_ids: Vec<u32>,
+    shape: [usize; 2],
+    logits: Vec<Vec<f32>>,
+    greedy_continuation_ids: Vec<u32>,
+}
+
+#[test]
+fn tiny_llama_matches_transformers() {
+    let dir = tiny_llama_dir();
+    let ref_path = dir.join("reference_logits.json");
+    let text = std::fs::read_to_string(&ref_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run models/tiny-llama/train.py --only eval)",
+            ref_path.display()
+        )
+    });
+    let r: Reference = serde_json::from_str(&text).expect("reference format");
+    let (model, tok) = load_pretrained(&dir, &device()).expect("load tiny-llama");
+    assert_eq!(tok.encode(&r.text, true).unwrap(), r.input_ids, "tokenizer");
+
+    let logits = model.forward_all(token_tensor(&r.input_ids, &device()));
+    assert_eq!(logits.dims(), [1, r.shape[0], r.shape[1]]);
+    let ours = to_vec(logits);
+    let theirs: Vec<f32> = r.logits.concat();
+    let scale = max_abs(&theirs);
+    let diff = max_abs_diff(&ours, &theirs);
+    assert!(
+        diff <= HF_LOGIT_TOL * scale,
+        "max |Δlogit| {diff} > {HF_LOGIT_TOL} × logit scale {scale}"
+    );
+
+    let cfg = GenerateConfig {
+        max_new_tokens: r.greedy_continuation_ids.len(),
+        stop_tokens: tok.eos_ids().to_vec(),
+        ..GenerateConfig::default()
+    };
+    let mut streamed = Vec::new();
+    let g = generate(&model, &r.input_ids, &cfg, &mut |t| streamed.push(t)).unwrap();
+    assert_eq!(g.tokens, r.greedy_continuation_ids, "greedy continuation");
+    assert_eq!(streamed, g.tokens, "streaming callback saw every token");
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) KV cache, (c) sliding window
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn kv_cache_decode_matches_full_forward() {
+    for window in [None, Some(5), Some(1)] {
+        let model = Llama::random(random_config(window, 2), 7, &device()).unwrap();
+        let ids = random_ids(13, 97, 3);
+        let full = to_vec(model.forward_all(token_tensor(&ids, &device())));
+        let mut cache = model.new_cache();
+        // Prefill, a multi-token chunk (after a window trim), then single tokens.
+        let mut got = to_vec(model.forward(token_tensor(&ids[..6], &device()), &mut cache));
+        got.extend(to_vec(
+            model.forward(token_tensor(&ids[6..9], &device()), &mut cache),
+        ));
+        for &t in &ids[9..] {
+            got.extend(to_vec(
+                model.forward(token_tensor(&[t], &device()), &mut cache),
+            ));
+        }
+        assert_eq!(cache.len(), ids.len());
+        assert_eq!(cache.cached(), window.map_or(ids.len(), |w| w - 1));
+        let diff = max_abs_diff(&got, &full);
+        assert!(
+            diff <= F32_REORDER_TOL * max_abs(&full),
+            "window {window:?}: cached decode differs by {diff}"
+        );
+        // Batched prefill: row 1 equals its own single-row forward.
+        let other = random_ids(13, 97, 4);
+        let batch = to_vec(model.forward_all(token_tensor_batch(&[&ids, &other], &device())));
+        let single = to_vec(model.forward_all(token_tensor(&other, &device())));
+        let diff = max_abs_diff(&batch[full.len()..], &single);
+        assert!(
+            diff <= F32_REORDER_TOL * max_abs(&single),
+            "batched prefill"
+        );
+    }
+}
+
+#[test]
+fn attention_mask_is_causal_and_windowed() {
+    let m = to_vec(attention_mask(0, 0, 4, Some(2), &device()).unwrap());
+    let visible: Vec<bool> = m.iter().map(|v| v.is_finite()).collect();
+    #[rustfmt::skip]
+    let expect = [
+        true, false, false, false,
+        true, true, false, false,
+        false, true, true, false,
+        false, false, true, true,
+    ];
+    assert_eq!(visible, expect);
+    // A decode step inside the window needs no mask; one beyond it masks the oldest keys.
+    assert!(attention_mask(0, 3, 1, None, &device()).is_none());
+    assert!(attention_mask(0, 3, 1, Some(4), &device()).is_none());
+    let m = to_vec(attention_mask(0, 5, 1, Some(4), &device()).unwrap());
+    assert_eq!(m.iter().filter(|v| v.is_finite()).count(), 4);
+    // A cache trimmed to the window: keys 2..6 for query 6 with w = 4 → key 2 is out.
+    let m = to_vec(attention_mask(2, 5, 2, Some(4), &device()).unwrap());
+    assert_eq!(m.len(), 2 * 5);
+    let visible: Vec<bool> = m.iter().map(|v| v.is_finite()).collect();
+    assert_eq!(
+        visible,
+        [true, true, true, true, false, false, true, true, true, true]
+    );
+}
+
+#[test]
+fn sliding_window_hides_tokens_beyond_reach() {
+    let (window, layers, len) = (4, 2, 14);
+    // Each layer looks back window − 1 positions: token 0 reaches positions ≤ layers·(window−1).
+    let reach = layers * (window - 1);
+    let model = Llama::random(random_config(Some(window), layers), 11, &device()).unwrap();
+    let ids = random_ids(len, 97, 5);
+    let mut perturbed = ids.clone();
+    perturbed[0] = (ids[0] + 1) % 97;
+    let a = to_vec(model.forward_all(token_tensor(&ids, &device())));
+    let b = to_vec(model.forward_all(token_tensor(&perturbed, &device())));
+    let row = |v: &[f32], p: usize| v[p * 97..(p + 1) * 97].to_vec();
+    for p in 0..len {
+        let d = max_abs_diff(&row(&a, p), &row(&b, p));
+        if p <= reach {
+            assert!(
+                d > 1e-6,
+                "position {p} is within reach of token 0 but unchanged"
+            );
+        } else {
+            assert_eq!(
+                d, 0.0,
+                "position {p} is beyond the window yet changed by {d}"
+            );
+        }
+    }
+    // Without the window the last position does depend on token 0.
+    let full = Llama::random(random_config(None, layers), 11, &device()).unwrap();
+    let a = to_vec(full.forward_all(token_tensor(&ids, &device())));
+    let b = to_vec(full.forward_all(token_tensor(&perturbed, &device())));
+    assert!(max_abs_diff(&row(&a, len - 1), &row(&b, len - 1)) > 1e-6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d) perplexity
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn perplexity_is_exp_mean_nll_of_the_logits() {
+    let model = Llama::random(random_config(None, 2), 13, &device()).unwrap();
+    let (seq, windows) = (16, 3);
+    let ids = random_ids(seq * windows + 5, 97, 6); // a partial tail to be dropped
+    let mut total = 0f64;
+    for w in ids.chunks_exact(seq) {
+        let logits = to_vec(model.forward_all(token_tensor(w, &device())));
+        for p in 0..seq - 1 {
+            let row = &logits[p * 97..(p + 1) * 97];
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&v| (v as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            total += lse - row[w[p + 1] as usize] as f64;
+        }
+    }
+    let expect = (total / (windows * (seq - 1)) as f64).exp();
+    for batch_size in [1, 2] {
+        let cfg = PerplexityConfig {
+            seq_len: seq,
+            max_windows: None,
+            batch_size,
+        };
+        let p = perplexity_of_ids(&model, &ids, &cfg).unwrap();
+        assert_eq!((p.windows, p.tokens), (windows, windows * (seq - 1)));
+        assert!(
+            (p.ppl - expect).abs() <= 1e-5 * expect,
+            "batch {batch_size}: {} vs {expect}",
+            p.ppl
+        );
+    }
+    let capped = PerplexityConfig {
+        seq_len: seq,
+        max_windows: Some(2),
+        batch_size: 1,
+    };
+    assert_eq!(perplexity_of_ids(&model, &ids, &capped).unwrap().windows, 2);
+    assert!(matches!(
+        perplexity_of_ids(&model, &ids[..10], &capped),
+        Err(Error::Input(_))
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e) quantization through any4-burn
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn quantized_tiny_llama_stays_close_to_dense() {
+    let dir = tiny_llama_dir();
+    let (model, tok) = load_pretrained(&dir, &device()).expect("load tiny-llama");
+    let heldout = std::fs::read_to_string(dir.join("heldout.txt")).unwrap();
+    let cfg = PerplexityConfig {
+        seq_len: 64,
+        max_windows: Some(2),
+        batch_size: 2,
+    };
+    let dense = perplexity(&model, &tok, &heldout, &cfg).unwrap();
+    assert!(dense.ppl.is_finite() && dense.ppl > 1.0, "{dense:?}");
+    let calib = token_tensor(&tok.encode(CALIBRATION_PROMPT, true).unwrap(), &device());
+    let qcfg = QuantizeConfig::default();
+
+    let mut one_shot = model;
+    let stats = one_shot.calibrate(calib.clone());
+    let layers = 6 * 7;
+    assert_eq!(stats.len(), layers + 1, "every linear, lm_head included");
+    let (one_shot, report) = quantize(one_shot, &qcfg, Some(&stats)).unwrap();
+    assert_eq!(report.layers.len(), layers);
+    assert_eq!(report.skipped, vec!["lm_head".to_string()]);
+    let q1 = perplexity(&one_shot, &tok, &heldout, &cfg).unwrap();
+
+    // Sequential: the first two blocks only, to keep the debug-build test short.
+    let (dense_again, _) = load_pretrained(&dir, &device()).unwrap();
+    let qcfg = qcfg
+        .include("layers.0.*")
+        .unwrap()
+        .include("layers.1.*")
+        .unwrap();
+    let (sequential, report) = quantize_sequential(dense_again, &qcfg, &calib).unwrap();
+    assert_eq!(report.layers.len(), 14);
+    assert!(sequential.layers[1].mlp.down_proj.is_quantized());
+    assert!(!sequential.layers[2].self_attn.q_proj.is_quantized());
+    let q2 = perplexity(&sequential, &tok, &heldout, &cfg).unwrap();
+
+    for (name, q) in [("one-shot", q1), ("sequential", q2)] {
+        assert!(
+            q.ppl.is_finite() && q.ppl < 2.0 * dense.ppl && q.ppl > 0.9 * dense.ppl,
+            "{name}: any4 ppl {} vs dense {}",
+            q.ppl,
+            dense.ppl
+        );
+    }
+    // The quantized model still generates.
+    let g = generate(
+        &one_shot,
+        &tok.encode("The king", true).unwrap(),
+        &GenerateConfig {
+            max_new_tokens: 4,
+            sampling: Sampling::TopP {
+                temperature: 0.8,
+                top_p: 0.9,
+            },
+            seed: 1,
+            stop_tokens: vec![],
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(g.tokens.len(), 4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// (f) loading
+// ---------------------------------------------------------------------------------------------
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("any4-llm-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Write `config` and random weights (in `dtype`) as an HF folder; `edit` may drop or reshape.
+fn write_checkpoint(
+    dir: &Path,
+    config: &LlamaConfig,
+    dtype: Dtype,
+    edit: impl Fn(&str, Vec<usize>) -> Option<Vec<usize>>,
+) -> Vec<(String, Vec<f32>)> {
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string(config).unwrap(),
+    )
+    .unwrap();
+    let mut tensors = Vec::new();
+    for (i, (name, shape)) in hf_tensor_shapes(config).into_iter().enumerate() {
+        let Some(shape) = edit(&name, shape) else {
+            continue;
+        };
+        let n: usize = shape.iter().product();
+        let mut r = SplitMix64::new(i as u64);
+        let values: Vec<f32> = (0..n).map(|_| r.next_gaussian() as f32 * 0.1).collect();
+        let bytes: Vec<u8> = match dtype {
+            Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Dtype::BF16 => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+            Dtype::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            _ => values
+                .iter()
+                .flat_map(|v| (*v as f64).to_le_bytes())
+                .collect(),
+        };
+        tensors.push((name, shape, bytes, values));
+    }
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b, _)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::tensor::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    tensors.into_iter().map(|(n, _, _, v)| (n, v)).collect()
+}
+
+fn load_dir(dir: &Path) -> Result<Llama> {
+    let config = LlamaConfig::from_file(dir.join("config.json"))?;
+    load_model(config, &SafetensorsSource::open_dir(dir)?, &device())
+}
+
+#[test]
+fn loader_converts_dtypes_and_names_bad_tensors() {
+    let cfg = random_config(None, 1);
+    for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16] {
+        let tmp = TempDir::new(&format!("{dtype:?}"));
+        let written = write_checkpoint(&tmp.0, &cfg, dtype, |_, s| Some(s));
+        let model = load_dir(&tmp.0).unwrap();
+        let (_, q) = written
+            .iter()
+            .find(|(n, _)| n == "model.layers.0.self_attn.q_proj.weight")
+            .unwrap();
+        let got = to_vec(model.layers[0].self_attn.q_proj.weight_hf());
+        let tol = match dtype {
+            Dtype::F32 => 0.0,
+            _ => 1e-2 * max_abs(q),
+        };
+        assert!(max_abs_diff(&got, q) <= tol, "{dtype:?}");
+    }
+
+    let tmp = TempDir::new("missing");
+    let gone = "model.layers.0.mlp.up_proj.weight";
+    write_checkpoint(&tmp.0, &cfg, Dtype::F32, |n, s| (n != gone).then_some(s));
+    match load_dir(&tmp.0) {
+        Err(Error::MissingTensor { tensor, .. }) => assert_eq!(tensor, gone),
+        other => panic!("expected a missing tensor, got {other:?}"),
+    }
+
+    let tmp = TempDir::new("shape");
+    let bad = "model.layers.0.self_attn.k_proj.weight";
+    write_checkpoint(&tmp.0, &cfg, Dtype::F32, |n, s| {
+        Some(if n == bad { vec![s[0] + 1, s[1]] } else { s })
+    });
+    let err = load_dir(&tmp.0).unwrap_err();
+    assert!(
+        matches!(&err, Error::Shape { tensor, expected, found, .. }
+            if tensor == bad && expected == &vec![32, 64] && found == &vec![33, 64]),
+        "{err}"
+    );
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+
+    let tmp = TempDir::new("dtype");
+    write_checkpoint(&tmp.0, &cfg, Dtype::F64, |_, s| Some(s));
+    assert!(matches!(load_dir(&tmp.0), Err(Error::Dtype { .. })));
+
+    let mut json = serde_json::to_value(&cfg).unwrap();
+    json["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+    let err = LlamaConfig::from_json(&json.to_string()).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedModel { name, .. } if name == "Qwen2ForCausalLM"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_reads_llama3_rope_scaling_and_mistral_window() {
+    let llama31 = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0, "max_position_embeddings": 131072, "vocab_size": 128256,
+        "tie_word_embeddings": true, "bos_token_id": 128000, "eos_token_id": [128001, 128008],
+        "torch_dtype": "bfloat16", "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}}"#;
+    let c = LlamaConfig::from_json(llama31).unwrap();
+    assert_eq!(c.head_dim(), 64);
+    assert_eq!(c.eos_token_ids(), vec![128001, 128008]);
+    assert!(matches!(
+        c.rope().unwrap().scaling,
+        RopeScaling::Llama3 { factor: 32.0, .. }
+    ));
+    let mistral = r#"{"architectures": ["MistralForCausalLM"], "hidden_size": 4096,
+        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "vocab_size": 32000, "sliding_window": 4096,
+        "rope_theta": 10000.0, "eos_token_id": 2}"#;
+    let c = LlamaConfig::from_json(mistral).unwrap();
+    assert_eq!(c.architecture().unwrap(), Architecture::Mistral);
+    assert_eq!(c.sliding_window, Some(4096));
+    let bad = llama31.replace("\"llama3\"", "\"yarn\"");
+    assert!(matches!(
+        LlamaConfig::from_json(&bad),
+        Err(Error::Config(_))
+    ));
+}
