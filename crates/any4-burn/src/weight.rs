@@ -43,7 +43,8 @@ pub struct Any4Weight<B: Backend> {
 /// Activation precision of the CPU (Flex) matmul.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CpuMatmul {
-    /// int8 activations for decode-sized batches (M ≤ 8, memory-bound), exact f32 otherwise.
+    /// int8 activations for decode-sized batches (M ≤ 8, memory-bound); for larger batches
+    /// (prefill, perplexity: compute-bound) dequantize once and use the backend's dense GEMM.
     #[default]
     Auto,
     /// Always f32 activations and tables (bit-identical to any4-core's reference).
@@ -53,13 +54,22 @@ pub enum CpuMatmul {
 }
 
 impl CpuMatmul {
+    /// Batches above this size dequantize and use a dense GEMM under `Auto`.
+    pub const DECODE_MAX_M: usize = 8;
+
+    /// Whether a batch of `m` rows is better served by dequantize + dense GEMM: the weight is
+    /// reused `m` times, so the one-off lookup cost vanishes next to the multiply-adds.
+    pub fn dequantize_first(self, m: usize) -> bool {
+        self == CpuMatmul::Auto && m > Self::DECODE_MAX_M
+    }
+
     /// The any4-core precision for a batch of `m` rows.
     pub fn precision(self, m: usize) -> any4_core::MatmulPrecision {
         use any4_core::MatmulPrecision::{Exact, Int8Activations};
         match self {
             CpuMatmul::Exact => Exact,
             CpuMatmul::Int8 => Int8Activations,
-            CpuMatmul::Auto if m <= 8 => Int8Activations,
+            CpuMatmul::Auto if m <= Self::DECODE_MAX_M => Int8Activations,
             CpuMatmul::Auto => Exact,
         }
     }
@@ -247,10 +257,17 @@ mod flex {
         f(view)
     }
 
+    use burn::backend::ops::FloatTensorOps;
+
     impl Any4Backend for Flex {
         fn any4_matmul(x: FlexTensor, w: Any4Weight<Self>) -> FlexTensor {
             let dtype = x.dtype();
             let m = x.layout().shape()[0];
+            if w.cpu.dequantize_first(m) {
+                let dense = Self::any4_dequantize(w);
+                let dense = Self::float_cast(dense, dtype.into());
+                return Self::float_matmul(x, Self::float_transpose(dense));
+            }
             let x = x.to_contiguous();
             let xs = f32s(&x);
             let y = with_view(&w, |v| v.matmul_with(&xs, m, w.cpu.precision(m)))
