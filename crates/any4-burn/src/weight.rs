@@ -43,8 +43,9 @@ pub struct Any4Weight<B: Backend> {
 /// Activation precision of the CPU (Flex) matmul.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CpuMatmul {
-    /// int8 activations for decode-sized batches (M ≤ 8, memory-bound); for larger batches
-    /// (prefill, perplexity: compute-bound) dequantize once and use the backend's dense GEMM.
+    /// int8 activations for decode-sized batches (M ≤ 8, memory-bound), the f32 lookup path up
+    /// to M = 32, and above that (prefill, perplexity: compute-bound) one dequantization plus the
+    /// backend's dense GEMM.
     #[default]
     Auto,
     /// Always f32 activations and tables (bit-identical to any4-core's reference).
@@ -54,13 +55,16 @@ pub enum CpuMatmul {
 }
 
 impl CpuMatmul {
-    /// Batches above this size dequantize and use a dense GEMM under `Auto`.
+    /// Largest batch that takes the int8 decode path under `Auto`.
     pub const DECODE_MAX_M: usize = 8;
+    /// Batches above this size dequantize once and use the dense GEMM under `Auto`; in between,
+    /// the f32 lookup path (each group decoded once into L1, then one dot per activation row).
+    pub const LOOKUP_MAX_M: usize = 32;
 
     /// Whether a batch of `m` rows is better served by dequantize + dense GEMM: the weight is
-    /// reused `m` times, so the one-off lookup cost vanishes next to the multiply-adds.
+    /// reused `m` times, so the one-off dequantization vanishes next to the multiply-adds.
     pub fn dequantize_first(self, m: usize) -> bool {
-        self == CpuMatmul::Auto && m > Self::DECODE_MAX_M
+        self == CpuMatmul::Auto && m > Self::LOOKUP_MAX_M
     }
 
     /// The any4-core precision for a batch of `m` rows.

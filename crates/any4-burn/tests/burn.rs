@@ -100,13 +100,15 @@ fn flex_extension_matches_core_and_portable_paths() {
                 .matmul_with(&x, 1, any4_core::MatmulPrecision::Int8Activations)
                 .unwrap();
             assert_eq!(fast, fast_core, "{format}: Auto at M = 1 is the int8 path");
-            // Auto above the decode size dequantizes once and runs the dense GEMM.
-            let xb = randn(33 * cols, 78, 1.0);
-            let big = to_vec(auto.forward(tensor2(xb.clone(), [33, cols])));
-            assert!(
-                max_rel_diff(&big, &q.matmul(&xb, 33).unwrap()) < F32_SUM_TOL,
-                "{format}: Auto at M = 33 (dequantize + GEMM)"
-            );
+            // Auto: f32 lookup path up to M = 32, then one dequantization + the dense GEMM.
+            for m in [24, 65] {
+                let xb = randn(m * cols, 78, 1.0);
+                let big = to_vec(auto.forward(tensor2(xb.clone(), [m, cols])));
+                assert!(
+                    max_rel_diff(&big, &q.matmul(&xb, m).unwrap()) < F32_SUM_TOL,
+                    "{format}: Auto at M = {m}"
+                );
+            }
             assert!(
                 max_rel_diff(&fast, &q.matmul(&x, 1).unwrap()) < 0.05,
                 "{format}: int8 path far from exact"

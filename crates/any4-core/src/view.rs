@@ -5,8 +5,9 @@ use rayon::prelude::*;
 
 use crate::config::GroupSize;
 use crate::error::{Any4Error, Result};
-use crate::pack::{self, words_per_row};
+use crate::pack::words_per_row;
 use crate::quantize::TABLE_LEN;
+use crate::simd::Isa;
 
 /// `[rows, cols]` quantized weights over borrowed buffers (layout: see
 /// [`QuantizedMatrix`](crate::QuantizedMatrix)). Lengths are checked once at construction.
@@ -116,22 +117,37 @@ impl<'a> QuantizedView<'a> {
 
     /// Dequantize one row into `out` (`cols` values).
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        self.dequantize_row_with(Isa::detect(), row, out)
+    }
+
+    /// Per group: SIMD table lookup of the codes, then one vectorisable `v · s + z` pass.
+    fn dequantize_row_with(&self, isa: Isa, row: usize, out: &mut [f32]) {
         assert_eq!(out.len(), self.cols, "dequantize_row: output length");
         let (table, words) = (self.row_table(row), self.row_codes(row));
         let (s, z) = (self.row_scales(row), self.row_zeros(row));
         let group = self.group_len();
-        for (j, o) in out.iter_mut().enumerate() {
-            let gi = j / group;
-            *o = table[pack::code(words, j) as usize] * s[gi] + z[gi];
+        for (g, chunk) in out.chunks_mut(group).enumerate() {
+            // Supported group sizes are multiples of 8, so every group starts on a word.
+            let start = g * group;
+            isa.lut_decode(
+                &words[start / 8..(start + chunk.len()).div_ceil(8)],
+                table,
+                chunk,
+            );
+            let (sg, zg) = (s[g], z[g]);
+            for v in chunk.iter_mut() {
+                *v = *v * sg + zg;
+            }
         }
     }
 
     /// The dense row-major `[rows, cols]` matrix.
     pub fn dequantize(&self) -> Vec<f32> {
+        let isa = Isa::detect();
         let mut out = vec![0.0; self.rows * self.cols];
         out.par_chunks_mut(self.cols)
             .enumerate()
-            .for_each(|(r, o)| self.dequantize_row(r, o));
+            .for_each(|(r, o)| self.dequantize_row_with(isa, r, o));
         out
     }
 }

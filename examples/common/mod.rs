@@ -1,0 +1,227 @@
+//! Shared body of the `llama_any4` and `mistral_any4` examples: dense vs any4 on one model —
+//! perplexity, generation, decode speed and weight memory.
+//!
+//! Options: `--model DIR|GGUF` `--format any4` `--group-size 128|row` `--prompt TEXT`
+//! `--max-tokens N` `--sequential` `--eval FILE` `--seq-len N` `--windows N` (`--windows` caps the
+//! perplexity windows: default 100, so a run stays near a minute on two cores; `0` = all).
+//!
+//! Steps: load the dense model → perplexity → greedy generation → calibrate on
+//! `CALIBRATION_PROMPT` → quantize the linear layers (LM head and embeddings stay dense) →
+//! perplexity and generation again → a side-by-side table. Offline, Flex CPU backend.
+
+use std::error::Error;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use any4_burn::{CALIBRATION_PROMPT, QuantizeConfig, Report, quantize, quantize_sequential};
+use any4_core::{Any4Config, Format, GroupSize};
+use any4_llm::{
+    GenerateConfig, Generation, Llama, Perplexity, PerplexityConfig, Tokenizer, generate,
+    load_auto, perplexity, token_tensor,
+};
+use burn::tensor::Device;
+
+struct Args {
+    model: PathBuf,
+    format: Format,
+    group: GroupSize,
+    prompt: String,
+    max_tokens: usize,
+    sequential: bool,
+    eval: Option<PathBuf>,
+    seq_len: usize,
+    windows: usize,
+}
+
+fn parse_args(default_model: &str) -> Result<Args, Box<dyn Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut a = Args {
+        model: root.join(default_model),
+        format: Format::Any4,
+        group: GroupSize::G128,
+        prompt: "The king said".into(),
+        max_tokens: 48,
+        sequential: false,
+        eval: None,
+        seq_len: 256,
+        windows: 100,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => a.model = value()?.into(),
+            "--format" => a.format = value()?.parse()?,
+            "--group-size" => {
+                let v = value()?;
+                a.group = if v == "row" || v == "0" {
+                    GroupSize::PER_ROW
+                } else {
+                    GroupSize::new(v.parse()?)?
+                }
+            }
+            "--prompt" => a.prompt = value()?,
+            "--max-tokens" => a.max_tokens = value()?.parse()?,
+            "--sequential" => a.sequential = true,
+            "--eval" => a.eval = Some(value()?.into()),
+            "--seq-len" => a.seq_len = value()?.parse()?,
+            "--windows" => a.windows = value()?.parse()?,
+            "-h" | "--help" => {
+                println!(
+                    "llama_any4 [--model DIR] [--format any4|any3|any2|int4|nf4|fp4] \
+                     [--group-size N|row] [--prompt TEXT] [--max-tokens N] [--sequential] \
+                     [--eval FILE] [--seq-len N] [--windows N]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)").into()),
+        }
+    }
+    Ok(a)
+}
+
+/// Greedy generation, streamed to stdout as text.
+fn run_generation(
+    model: &Llama,
+    tok: &Tokenizer,
+    args: &Args,
+) -> Result<(Generation, String), Box<dyn Error>> {
+    let prompt = tok.encode(&args.prompt, true)?;
+    let cfg = GenerateConfig {
+        max_new_tokens: args.max_tokens,
+        stop_tokens: tok.eos_ids().to_vec(),
+        ..GenerateConfig::default()
+    };
+    print!("  {}", args.prompt);
+    let mut ids = Vec::new();
+    let mut shown = 0;
+    let g = generate(model, &prompt, &cfg, &mut |t| {
+        ids.push(t);
+        // Decode everything so far and print what is new (tokens may split characters).
+        if let Ok(text) = tok.decode(&ids, true)
+            && text.len() > shown
+            && text.is_char_boundary(shown)
+        {
+            print!("{}", &text[shown..]);
+            shown = text.len();
+            let _ = std::io::stdout().flush();
+        }
+    })?;
+    println!();
+    let text = tok.decode(&g.tokens, true)?;
+    Ok((g, text))
+}
+
+fn eval(model: &Llama, tok: &Tokenizer, text: &str, cfg: &PerplexityConfig) -> Perplexity {
+    let t = Instant::now();
+    let p = perplexity(model, tok, text, cfg).unwrap_or_else(|e| {
+        eprintln!("perplexity failed: {e}");
+        std::process::exit(1)
+    });
+    println!(
+        "  perplexity {:.3} over {} windows × {} tokens ({} predicted) in {:.1}s",
+        p.ppl,
+        p.windows,
+        cfg.seq_len,
+        p.tokens,
+        t.elapsed().as_secs_f64()
+    );
+    p
+}
+
+/// Run the dense-vs-quantized comparison; `default_model` is relative to the repository root.
+pub fn run(default_model: &str) -> Result<(), Box<dyn Error>> {
+    let args = parse_args(default_model)?;
+    let start = Instant::now();
+    let device = Device::flex();
+    let (model, tok) = load_auto(&args.model, &device)?;
+    let c = &model.config;
+    println!(
+        "model {}: {} layers, hidden {}, heads {}/{} kv, vocab {} (loaded in {:.2}s)",
+        args.model.display(),
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.kv_heads(),
+        c.vocab_size,
+        start.elapsed().as_secs_f64()
+    );
+    let eval_path = args.eval.clone().unwrap_or_else(|| {
+        let own = args.model.join("heldout.txt");
+        if own.exists() {
+            own
+        } else {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-llama/heldout.txt")
+        }
+    });
+    let text =
+        std::fs::read_to_string(&eval_path).map_err(|e| format!("{}: {e}", eval_path.display()))?;
+    let pcfg = PerplexityConfig {
+        seq_len: args.seq_len,
+        max_windows: (args.windows > 0).then_some(args.windows),
+        batch_size: 4,
+    };
+    println!("\n[dense] {}", eval_path.display());
+    let dense_ppl = eval(&model, &tok, &text, &pcfg);
+    let (dense_gen, dense_text) = run_generation(&model, &tok, &args)?;
+
+    let any4 = Any4Config::new(args.format).with_group_size(args.group);
+    let qcfg = QuantizeConfig::new(any4);
+    let calib = token_tensor(&tok.encode(CALIBRATION_PROMPT, true)?, &device);
+    let mode = if args.sequential {
+        "sequential"
+    } else {
+        "one-shot"
+    };
+    println!(
+        "\n[{}] calibrating ({mode}) on CALIBRATION_PROMPT ({} tokens), group {}",
+        args.format,
+        calib.dims()[1],
+        args.group.size().map_or("row".into(), |g| g.to_string())
+    );
+    let (qmodel, report): (Llama, Report) = if args.sequential {
+        quantize_sequential(model, &qcfg, &calib)?
+    } else {
+        let mut model = model;
+        let stats = model.calibrate(calib);
+        quantize(model, &qcfg, Some(&stats))?
+    };
+    println!(
+        "  {}",
+        report.to_string().lines().last().unwrap_or_default()
+    );
+    let q_ppl = eval(&qmodel, &tok, &text, &pcfg);
+    let (q_gen, q_text) = run_generation(&qmodel, &tok, &args)?;
+
+    let weights = report.weights() as f64;
+    let dense_mb = weights * 32.0 / 8.0 / 1e6;
+    let q_mb = weights * report.bits_per_weight() / 8.0 / 1e6;
+    // One table row per text: newlines shown as ⏎, long texts cut.
+    let one_line = |s: &str| {
+        let s = s.replace('\n', "⏎");
+        match s.char_indices().nth(72) {
+            Some((i, _)) => format!("{}…", &s[..i]),
+            None => s,
+        }
+    };
+    let name = args.format.to_string();
+    println!("\n| | dense f32 | {name} |");
+    println!("|---|---|---|");
+    println!("| perplexity | {:.3} | {:.3} |", dense_ppl.ppl, q_ppl.ppl);
+    println!(
+        "| linear weights (MB) | {dense_mb:.3} (32 bits/w) | {q_mb:.3} ({:.3} bits/w) |",
+        report.bits_per_weight()
+    );
+    println!(
+        "| decode tokens/s | {:.1} | {:.1} |",
+        dense_gen.tokens_per_second, q_gen.tokens_per_second
+    );
+    println!(
+        "| generated | {} | {} |",
+        one_line(&dense_text),
+        one_line(&q_text)
+    );
+    println!("\ntotal {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
