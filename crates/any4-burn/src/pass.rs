@@ -202,6 +202,15 @@ fn quantize_layer(
     })
 }
 
+/// Dense layers the pass will quantize (the progress bar's length).
+fn count_selected(model: &mut impl QLinearContainer, cfg: &QuantizeConfig) -> usize {
+    let mut count = 0;
+    model.visit_qlinears("", &mut |p, l| {
+        count += usize::from(cfg.selects(p) && matches!(l, QLinear::Dense(_)))
+    });
+    count
+}
+
 fn progress(cfg: &QuantizeConfig, len: usize) -> ProgressBar {
     if !cfg.progress {
         return ProgressBar::hidden();
@@ -262,10 +271,7 @@ pub fn quantize<M: QLinearContainer>(
     stats: Option<&CalibrationStats>,
 ) -> Result<(M, Report)> {
     let start = Instant::now();
-    let mut count = 0;
-    model.visit_qlinears("", &mut |p, l| {
-        count += usize::from(cfg.selects(p) && matches!(l, QLinear::Dense(_)))
-    });
+    let count = count_selected(&mut model, cfg);
     let bar = progress(cfg, count);
     let mut report = Report::default();
     quantize_selected(&mut model, cfg, stats, &|_| true, &bar, &mut report)?;
@@ -299,10 +305,7 @@ pub fn quantize_sequential<M: BlockwiseModel>(
     input: &M::Input,
 ) -> Result<(M, Report)> {
     let start = Instant::now();
-    let mut count = 0;
-    model.visit_qlinears("", &mut |p, l| {
-        count += usize::from(cfg.selects(p) && matches!(l, QLinear::Dense(_)))
-    });
+    let count = count_selected(&mut model, cfg);
     let bar = progress(cfg, count);
     let mut report = Report::default();
     let mut state = model.embed(input);

@@ -247,41 +247,28 @@ impl QuantizedMatrix {
         scales: Vec<f32>,
         zeros: Vec<f32>,
     ) -> Result<Self> {
-        if rows == 0 {
-            return Err(Any4Error::NoRows);
-        }
-        if cols < 16 {
-            return Err(Any4Error::KTooSmall { k: cols });
-        }
+        // Lengths of codes, scales and zeros (and rows/cols limits) are the view's checks.
+        QuantizedView::new(
+            [rows, cols],
+            config.group_size(),
+            &codes,
+            &table,
+            &scales,
+            &zeros,
+        )?;
         let groups = config.group_size().groups_for(cols);
         let table_rows = if config.format().is_learned() {
             rows
         } else {
             1
         };
-        let check = |what, expected, got| {
-            if expected == got {
-                Ok(())
-            } else {
-                Err(Any4Error::ShapeMismatch {
-                    what,
-                    expected,
-                    got,
-                })
-            }
-        };
-        check(
-            "codes [rows, ceil(cols/8)]",
-            rows * words_per_row(cols),
-            codes.len(),
-        )?;
-        check(
-            "table [table_rows, 16]",
-            table_rows * TABLE_LEN,
-            table.len(),
-        )?;
-        check("scales [rows, groups]", rows * groups, scales.len())?;
-        check("zeros [rows, groups]", rows * groups, zeros.len())?;
+        if table.len() != table_rows * TABLE_LEN {
+            return Err(Any4Error::ShapeMismatch {
+                what: "table [table_rows, 16]",
+                expected: table_rows * TABLE_LEN,
+                got: table.len(),
+            });
+        }
         for (what, values, width) in [
             ("table", &table, TABLE_LEN),
             ("scale", &scales, groups),
