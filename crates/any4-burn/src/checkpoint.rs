@@ -118,6 +118,27 @@ fn transpose_bytes(bytes: &[u8], r: usize, c: usize, elem: usize) -> Vec<u8> {
     out
 }
 
+/// Little-endian safetensors f32 / f16 / bf16 bytes as f32 values; `None` for other dtypes.
+pub fn bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    let halves = |f: fn(u16) -> f32| {
+        bytes
+            .chunks_exact(2)
+            .map(|c| f(u16::from_le_bytes([c[0], c[1]])))
+            .collect()
+    };
+    match dtype {
+        Dtype::F32 => Some(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        Dtype::F16 => Some(halves(|b| half::f16::from_bits(b).to_f32())),
+        Dtype::BF16 => Some(halves(|b| half::bf16::from_bits(b).to_f32())),
+        _ => None,
+    }
+}
+
 /// Tracks the module path while Burn walks a module; enum variants are dropped.
 #[derive(Default)]
 struct PathStack {
@@ -462,26 +483,14 @@ impl Checkpoint {
                 ),
             ));
         }
-        let b = t.data();
-        Ok(match t.dtype() {
-            Dtype::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(bad(
-                    &self.path,
-                    format!("tensor `{name}` has dtype {other:?}, expected F32, F16 or BF16"),
-                ));
-            }
+        bytes_to_f32(t.dtype(), t.data()).ok_or_else(|| {
+            bad(
+                &self.path,
+                format!(
+                    "tensor `{name}` has dtype {:?}, expected F32, F16 or BF16",
+                    t.dtype()
+                ),
+            )
         })
     }
 

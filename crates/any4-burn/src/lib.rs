@@ -38,8 +38,8 @@ mod weight;
 
 pub use calib::{CALIBRATION_PROMPT, CalibrationStats, Calibrator, ChannelSums, Probe};
 pub use checkpoint::{
-    CHECKPOINT_FORMAT, Checkpoint, LayerInfo, QuantizationConfig, SCHEMA_VERSION, save,
-    write_atomically, write_file_atomically,
+    CHECKPOINT_FORMAT, Checkpoint, LayerInfo, QuantizationConfig, SCHEMA_VERSION, bytes_to_f32,
+    save, write_atomically, write_file_atomically,
 };
 pub use error::{Error, Result};
 pub use linear::{

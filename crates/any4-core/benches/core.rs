@@ -94,6 +94,11 @@ fn matvec_dense_f32(bencher: Bencher, i: usize) {
 /// As `matvec_any4`, rotating over copies so every call reads its weights from DRAM.
 #[divan::bench(args = [0, 1], sample_count = 20)]
 fn matvec_any4_cold(bencher: Bencher, i: usize) {
+    bench_cold(bencher, i, MatmulPrecision::Exact);
+}
+
+/// Batch-1 any4 matmul over enough weight copies that every call streams from DRAM.
+fn bench_cold(bencher: Bencher, i: usize, precision: MatmulPrecision) {
     let Shapes { n, k } = shape(i);
     let q = quantized(n, k);
     let copies = copies_for(n * k / 2);
@@ -102,7 +107,10 @@ fn matvec_any4_cold(bencher: Bencher, i: usize) {
     let mut next = 0;
     bencher.bench_local(|| {
         next = (next + 1) % copies;
-        qs[next].matmul(&x, 1).expect("matmul")
+        qs[next]
+            .view()
+            .matmul_with(&x, 1, precision)
+            .expect("matmul")
     });
 }
 
@@ -137,17 +145,5 @@ fn matvec_any4_int8(bencher: Bencher, i: usize) {
 /// As `matvec_any4_int8`, rotating over copies so every call reads its weights from DRAM.
 #[divan::bench(args = [0, 1], sample_count = 20)]
 fn matvec_any4_int8_cold(bencher: Bencher, i: usize) {
-    let Shapes { n, k } = shape(i);
-    let q = quantized(n, k);
-    let copies = copies_for(n * k / 2);
-    let qs: Vec<QuantizedMatrix> = (0..copies).map(|_| q.clone()).collect();
-    let x = student_t(1, k, 3);
-    let mut next = 0;
-    bencher.bench_local(|| {
-        next = (next + 1) % copies;
-        qs[next]
-            .view()
-            .matmul_with(&x, 1, MatmulPrecision::Int8Activations)
-            .expect("matmul")
-    });
+    bench_cold(bencher, i, MatmulPrecision::Int8Activations);
 }

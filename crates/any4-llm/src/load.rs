@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+use safetensors::tensor::{Metadata, SafeTensors};
 use serde::Deserialize;
 
 use crate::config::LlamaConfig;
@@ -176,7 +176,7 @@ impl TensorSource for SafetensorsSource {
                 reason: format!("tensor `{name}` data lies outside the file"),
             })?;
         let n: usize = shape.iter().product();
-        let values = to_f32(info.dtype, bytes).ok_or_else(|| Error::Dtype {
+        let values = any4_burn::bytes_to_f32(info.dtype, bytes).ok_or_else(|| Error::Dtype {
             path: shard.path.clone(),
             tensor: name.to_string(),
             dtype: format!("{:?}", info.dtype),
@@ -191,27 +191,6 @@ impl TensorSource for SafetensorsSource {
             });
         }
         Ok(values)
-    }
-}
-
-/// Little-endian f32 / f16 / bf16 bytes to f32; `None` for other dtypes.
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    let halves = |f: fn(u16) -> f32| {
-        bytes
-            .chunks_exact(2)
-            .map(|c| f(u16::from_le_bytes([c[0], c[1]])))
-            .collect()
-    };
-    match dtype {
-        Dtype::F32 => Some(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
-        Dtype::F16 => Some(halves(|b| half::f16::from_bits(b).to_f32())),
-        Dtype::BF16 => Some(halves(|b| half::bf16::from_bits(b).to_f32())),
-        _ => None,
     }
 }
 
