@@ -107,3 +107,118 @@ fn token_nll(logits: Tensor<3>, tokens: Tensor<2, burn::tensor::Int>) -> Result<
         .try_into_vec::<f32>()
         .map_err(|e| Error::Data(format!("log-likelihoods: {e:?}")))
 }
+
+/// The evaluation texts `cargo xtask fetch` puts in the cache (`$ANY4_CACHE`, else `.cache/`).
+///
+/// Names follow the paper's columns where the text is obtainable here (ANY4.md, DATA.md): PTB is
+/// the GPTQ protocol's split (lines stripped, joined with a blank line); Botchan and Shakespeare
+/// are public-domain stand-ins for WikiText/C4, which cannot be fetched here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dataset {
+    /// Penn Treebank validation split (`ptb`).
+    PtbValid,
+    /// Penn Treebank test split (`ptb-test`).
+    PtbTest,
+    /// Natsume Sōseki's *Botchan* in English (`botchan`).
+    Botchan,
+    /// Shakespeare's complete works (`shakespeare`).
+    Shakespeare,
+}
+
+impl Dataset {
+    /// Every dataset, in the order reports list them.
+    pub const ALL: [Dataset; 4] = [
+        Dataset::PtbValid,
+        Dataset::PtbTest,
+        Dataset::Botchan,
+        Dataset::Shakespeare,
+    ];
+
+    /// The name `--dataset` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataset::PtbValid => "ptb",
+            Dataset::PtbTest => "ptb-test",
+            Dataset::Botchan => "botchan",
+            Dataset::Shakespeare => "shakespeare",
+        }
+    }
+
+    /// The `cargo xtask fetch` name that provides it.
+    pub fn fetch_name(self) -> &'static str {
+        match self {
+            Dataset::PtbValid | Dataset::PtbTest => "ptb",
+            Dataset::Botchan => "botchan",
+            Dataset::Shakespeare => "shakespeare",
+        }
+    }
+
+    /// Path of the text under `cache`.
+    pub fn path_in(self, cache: &std::path::Path) -> std::path::PathBuf {
+        let file = match self {
+            Dataset::PtbValid => "ptb.valid.txt",
+            Dataset::PtbTest => "ptb.test.txt",
+            Dataset::Botchan => "botchan.txt",
+            Dataset::Shakespeare => "shakespeare.txt",
+        };
+        cache.join("data").join(file)
+    }
+
+    /// The cache folder: `$ANY4_CACHE`, else `.cache` in the working directory.
+    pub fn cache_dir() -> std::path::PathBuf {
+        std::env::var_os("ANY4_CACHE")
+            .map(Into::into)
+            .unwrap_or_else(|| ".cache".into())
+    }
+
+    /// Read the text from `cache`; a missing file says which fetch command provides it.
+    pub fn read_in(self, cache: &std::path::Path) -> Result<String> {
+        let path = self.path_in(cache);
+        match std::fs::read_to_string(&path) {
+            Ok(text) if text.trim().is_empty() => Err(Error::Input(format!(
+                "dataset `{}`: {} is empty",
+                self.name(),
+                path.display()
+            ))),
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Input(format!(
+                "dataset `{}`: {} not found (run `cargo xtask fetch {}`)",
+                self.name(),
+                path.display(),
+                self.fetch_name()
+            ))),
+            Err(e) => Err(Error::Input(format!(
+                "dataset `{}`: {}: {e}",
+                self.name(),
+                path.display()
+            ))),
+        }
+    }
+
+    /// Read the text from [`Dataset::cache_dir`].
+    pub fn read(self) -> Result<String> {
+        self.read_in(&Self::cache_dir())
+    }
+}
+
+impl std::fmt::Display for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Dataset {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Dataset::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Dataset::ALL.iter().map(|d| d.name()).collect();
+                Error::Input(format!(
+                    "unknown dataset `{s}` (expected one of {})",
+                    names.join(", ")
+                ))
+            })
+    }
+}

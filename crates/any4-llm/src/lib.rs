@@ -42,7 +42,7 @@ mod tokenizer;
 pub use auto::{GgufSource, load_auto, load_gguf, save_any4};
 pub use config::{Architecture, LlamaConfig, RopeConfig, RopeScaling, RopeScalingConfig, TokenIds};
 pub use error::{Error, Result};
-pub use eval::{Perplexity, PerplexityConfig, perplexity, perplexity_of_ids};
+pub use eval::{Dataset, Perplexity, PerplexityConfig, perplexity, perplexity_of_ids};
 pub use generate::{GenerateConfig, Generation, Sampling, generate, sample};
 pub use layers::{Attention, DecoderLayer, LayerCache, Mlp, StepContext, attention_mask};
 pub use load::{SafetensorsSource, TensorSource, load_model, load_pretrained};
