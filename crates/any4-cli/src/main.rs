@@ -15,8 +15,8 @@ use any4_burn::{
 };
 use any4_core::{Any4Config, Format, GroupSize, ParamDtype, Scaling, Solver};
 use any4_llm::{
-    GenerateConfig, PerplexityConfig, Sampling, generate, load_auto, perplexity, save_any4,
-    token_tensor,
+    Dataset, GenerateConfig, PerplexityConfig, Sampling, generate, load_auto, perplexity,
+    save_any4, token_tensor,
 };
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -124,6 +124,9 @@ struct QuantizeArgs {
     /// Leave layers matching this pattern dense (repeatable; `lm_head` and embeddings always).
     #[arg(long)]
     skip: Vec<String>,
+    /// Print a one-line JSON summary (format, bits/weight, errors, pass seconds) on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -163,8 +166,12 @@ struct EvalArgs {
     #[arg(long)]
     model: PathBuf,
     /// Text file to evaluate on.
-    #[arg(long)]
-    text: PathBuf,
+    #[arg(long, required_unless_present = "dataset", conflicts_with = "dataset")]
+    text: Option<PathBuf>,
+    /// A fetched evaluation text: ptb (validation), ptb-test, botchan, shakespeare
+    /// (`cargo xtask fetch ptb|botchan|shakespeare`; read from `$ANY4_CACHE` or `.cache/`).
+    #[arg(long, value_parser = parse::<Dataset>)]
+    dataset: Option<Dataset>,
     /// Tokens per window.
     #[arg(long, default_value_t = 2048)]
     seq_len: usize,
@@ -224,6 +231,21 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
         quantize(model, &cfg, Some(&stats))?
     };
     let qc = save_any4(&a.out, &mut model, &tokenizer)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"model": a.model, "out": a.out, "format": a.format.to_string(),
+                "group_size": a.group_size.to_string(), "kmeans": a.kmeans.to_string(),
+                "calibration": if a.sequential { "sequential" } else { "one-shot" },
+                "calib_tokens": ids.len(), "layers": report.layers.len(),
+                "weights": report.weights(), "bits_per_weight": report.bits_per_weight(),
+                // Codes are stored in 4-bit slots; any3/any2 would need only `bits` per code.
+                "format_bits_per_weight":
+                    report.bits_per_weight() - 4.0 + f64::from(a.format.bits()),
+                "rel_mse": report.rel_mse(), "pass_seconds": report.seconds})
+        );
+        return Ok(());
+    }
     println!("{}", report.to_string().lines().last().unwrap_or_default());
     println!(
         "calibration: {} tokens ({}), {} layers quantized, saved to {}",
@@ -333,7 +355,11 @@ fn cmd_generate(a: GenerateArgs, device: &Device) -> AnyResult<()> {
 
 fn cmd_eval(a: EvalArgs, device: &Device) -> AnyResult<()> {
     let (model, tokenizer) = load_auto(&a.model, device)?;
-    let text = read_text(&a.text)?;
+    let (text, source) = match (&a.text, a.dataset) {
+        (_, Some(d)) => (d.read()?, d.name().to_string()),
+        (Some(f), None) => (read_text(f)?, f.display().to_string()),
+        (None, None) => return Err("eval needs --text FILE or --dataset NAME".into()),
+    };
     let cfg = PerplexityConfig {
         seq_len: a.seq_len,
         max_windows: a.max_windows,
@@ -344,7 +370,7 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> AnyResult<()> {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"model": a.model, "text": a.text, "seq_len": a.seq_len, "ppl": p.ppl,
+            serde_json::json!({"model": a.model, "text": source, "seq_len": a.seq_len, "ppl": p.ppl,
                 "nll": p.nll, "tokens": p.tokens, "windows": p.windows,
                 "seconds": t.elapsed().as_secs_f64()})
         );

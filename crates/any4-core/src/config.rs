@@ -324,6 +324,15 @@ impl FromStr for Solver {
     }
 }
 
+impl fmt::Display for Solver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Solver::Lloyd => "lloyd",
+            Solver::Exact => "exact",
+        })
+    }
+}
+
 /// Initial centroids for Lloyd (the paper's ablation: k-means++ is best).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
