@@ -6,7 +6,7 @@
 //! the dense layers and returns the means. Mixture-of-experts layers get each expert's own
 //! tokens for free, since a probe only sees what is routed through its layer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use burn::tensor::Tensor;
@@ -82,9 +82,15 @@ impl Probe {
 }
 
 /// Per-layer calibration statistics: the signed mean of each input channel.
+///
+/// Layers that were attached but saw no token (a mixture-of-experts expert the router never
+/// picked for the calibration text) have no mean; they are listed as
+/// [`unreached`](Self::unreached) so the pass can tell them from layers never calibrated at all,
+/// and quantize them unweighted.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct CalibrationStats {
     layers: BTreeMap<String, (Vec<f32>, u64)>,
+    unreached: BTreeSet<String>,
 }
 
 impl CalibrationStats {
@@ -96,7 +102,15 @@ impl CalibrationStats {
     pub fn tokens(&self, path: &str) -> Option<u64> {
         self.layers.get(path).map(|(_, t)| *t)
     }
-    /// Number of calibrated layers.
+    /// Whether the layer at `path` was attached but received no calibration token.
+    pub fn is_unreached(&self, path: &str) -> bool {
+        self.unreached.contains(path)
+    }
+    /// Layers attached but never reached (no statistics; quantized unweighted).
+    pub fn unreached(&self) -> impl Iterator<Item = &str> {
+        self.unreached.iter().map(String::as_str)
+    }
+    /// Number of calibrated layers (unreached ones excluded).
     pub fn len(&self) -> usize {
         self.layers.len()
     }
@@ -106,7 +120,17 @@ impl CalibrationStats {
     }
     /// Add (or replace) the statistics of other layers.
     pub fn extend(&mut self, other: CalibrationStats) {
+        for path in other.layers.keys() {
+            self.unreached.remove(path);
+        }
         self.layers.extend(other.layers);
+        let reached = &self.layers;
+        self.unreached.extend(
+            other
+                .unreached
+                .into_iter()
+                .filter(|p| !reached.contains_key(p)),
+        );
     }
     /// Layer paths with statistics.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
@@ -154,6 +178,8 @@ impl Calibrator {
             if s.tokens > 0 {
                 let mean = s.sum.iter().map(|v| (v / s.tokens as f64) as f32).collect();
                 stats.layers.insert(path, (mean, s.tokens));
+            } else {
+                stats.unreached.insert(path);
             }
         }
         stats

@@ -89,7 +89,8 @@ pub struct LayerReport {
     pub weighted_rel_mse: Option<f64>,
     /// Storage bits per weight.
     pub bits_per_weight: f64,
-    /// Calibration tokens the layer's statistics came from.
+    /// Calibration tokens the layer's statistics came from (`Some(0)`: attached but never
+    /// reached, e.g. an expert no calibration token was routed to, so quantized unweighted).
     pub calib_tokens: Option<u64>,
     /// Wall time to quantize it.
     pub seconds: f64,
@@ -244,7 +245,11 @@ fn quantize_selected(
             return;
         }
         bar.set_message(path.to_string());
+        // A layer calibrated on zero tokens (an expert no calibration token was routed to)
+        // has nothing to weight by: quantize it unweighted rather than refuse.
+        let unreached = stats.is_some_and(|s| s.is_unreached(path));
         let layer_stats = match stats {
+            Some(_) if unreached => None,
             Some(s) => match (s.mean(path), s.tokens(path)) {
                 (Some(m), Some(t)) => Some((m, t)),
                 _ => {
@@ -255,7 +260,10 @@ fn quantize_selected(
             None => None,
         };
         match quantize_layer(path, layer, &cfg.any4, layer_stats) {
-            Ok(r) => report.layers.push(r),
+            Ok(r) => report.layers.push(LayerReport {
+                calib_tokens: if unreached { Some(0) } else { r.calib_tokens },
+                ..r
+            }),
             Err(e) => result = Err(e.in_layer(path)),
         }
         bar.inc(1);

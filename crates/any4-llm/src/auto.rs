@@ -5,10 +5,12 @@
 //! - an **any4 folder** written by [`save_any4`] (`config.json` with `quantization_config`,
 //!   `model.safetensors` in the any4 checkpoint format, `tokenizer.json`).
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use any4_burn::{Checkpoint, QuantizationConfig, save, write_file_atomically};
-use burn::tensor::Device;
+use any4_burn::{Checkpoint, LayerInfo, QuantizationConfig, save, write_file_atomically};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -67,8 +69,71 @@ fn load_any4(dir: &Path, ckpt: &Checkpoint, device: &Device) -> Result<(Llama, T
     let skeleton = Llama::from_tensors(config, device, &mut |_, shape| {
         Ok(vec![0.0; shape.iter().product()])
     })?;
+    // Name a missing tensor (an expert of a truncated Mixtral, say) as the HF loader does,
+    // before the checkpoint's own validation reports it as a generic checkpoint error.
+    let present: HashSet<String> = ckpt
+        .tensor_infos()?
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    if let Some(tensor) = expected_tensors(&skeleton, &ckpt.config().layers)
+        .into_iter()
+        .find(|t| !present.contains(t))
+    {
+        return Err(Error::MissingTensor {
+            path: ckpt.path().to_path_buf(),
+            tensor,
+        });
+    }
     let model = ckpt.load_into(skeleton)?;
     Ok((model, tokenizer))
+}
+
+/// Float parameter paths of a module as checkpoints name them (enum variants dropped).
+#[derive(Default)]
+struct ParamPaths {
+    stack: Vec<(String, bool)>,
+    paths: Vec<String>,
+}
+
+impl ModuleVisitor for ParamPaths {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack
+            .push((name.to_string(), container_type.starts_with("Enum:")));
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<D>>) {
+        let parts: Vec<&str> = self
+            .stack
+            .iter()
+            .filter(|(_, is_enum)| !is_enum)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        self.paths.push(parts.join("."));
+    }
+}
+
+/// The main tensor of every parameter an any4 checkpoint of the dense `model` must hold: dense
+/// parameters by path, a quantized layer `p` by `p.qweight` (and `p.bias` if it has one).
+fn expected_tensors(model: &Llama, quantized: &BTreeMap<String, LayerInfo>) -> Vec<String> {
+    let mut visitor = ParamPaths::default();
+    model.visit(&mut visitor);
+    visitor
+        .paths
+        .into_iter()
+        .filter_map(|path| {
+            let Some((layer, leaf)) = path.rsplit_once('.') else {
+                return Some(path);
+            };
+            match (quantized.get(layer), leaf) {
+                (Some(_), "weight") => Some(format!("{layer}.qweight")),
+                (Some(info), "bias") => info.bias.then_some(path),
+                _ => Some(path),
+            }
+        })
+        .collect()
 }
 
 /// Write `model` as an any4 folder: `model.safetensors` (any4 checkpoint), `config.json` (the
@@ -134,6 +199,15 @@ impl GgufSource {
                 path: g.path().to_path_buf(),
                 name: arch.to_string(),
                 supported: "llama",
+            });
+        }
+        // llama.cpp stores Mixtral as `llama` with experts (fused `ffn_*_exps` tensors), which
+        // this reader does not map; refuse it by name rather than fail on a missing MLP tensor.
+        if g.get_u64("llama.expert_count").is_ok_and(|n| n > 0) {
+            return Err(Error::UnsupportedModel {
+                path: g.path().to_path_buf(),
+                name: "llama with experts (Mixtral GGUF; load the HF folder instead)".into(),
+                supported: "llama (dense)",
             });
         }
         let key = |k: &str| format!("llama.{k}");

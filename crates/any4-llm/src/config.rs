@@ -1,6 +1,8 @@
-//! A serde mirror of HF `config.json` for `LlamaForCausalLM` and `MistralForCausalLM`.
+//! A serde mirror of HF `config.json` for `LlamaForCausalLM`, `MistralForCausalLM` and
+//! `MixtralForCausalLM`.
 //!
-//! Only the fields the forward pass needs are read; unknown fields are ignored so configs written
+//! One struct serves all three (they share every field but Mixtral's two expert counts), so the
+//! model, the loaders and the checkpoint code carry one config type. Only the fields the forward pass needs are read; unknown fields are ignored so configs written
 //! by any transformers version load. transformers ≥ 5 moves `rope_theta`/`rope_scaling` into
 //! `rope_parameters`; both spellings are accepted.
 
@@ -17,9 +19,25 @@ pub enum Architecture {
     Llama,
     /// Mistral (Llama with an optional sliding attention window).
     Mistral,
+    /// Mixtral: Mistral attention with a sparse mixture of SwiGLU experts instead of the MLP.
+    Mixtral,
 }
 
-const SUPPORTED: &str = "LlamaForCausalLM / llama, MistralForCausalLM / mistral";
+const SUPPORTED: &str =
+    "LlamaForCausalLM / llama, MistralForCausalLM / mistral, MixtralForCausalLM / mixtral";
+
+/// HF `MixtralConfig` defaults, used when a Mixtral config omits the expert counts.
+const DEFAULT_NUM_LOCAL_EXPERTS: usize = 8;
+const DEFAULT_NUM_EXPERTS_PER_TOK: usize = 2;
+
+/// The mixture-of-experts shape of a Mixtral config, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeConfig {
+    /// Experts per layer (`num_local_experts`).
+    pub num_experts: usize,
+    /// Experts each token is routed to (`num_experts_per_tok`), `1 ..= num_experts`.
+    pub top_k: usize,
+}
 
 /// `eos_token_id`: one id or a list (Llama 3 instruct models stop on several).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,18 +113,18 @@ fn default_act() -> String {
     "silu".into()
 }
 
-/// HF `config.json` of a Llama or Mistral checkpoint.
+/// HF `config.json` of a Llama, Mistral or Mixtral checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
     /// `["LlamaForCausalLM"]` etc.
     #[serde(default)]
     pub architectures: Option<Vec<String>>,
-    /// `"llama"` or `"mistral"`.
+    /// `"llama"`, `"mistral"` or `"mixtral"`.
     #[serde(default)]
     pub model_type: Option<String>,
     /// Model width.
     pub hidden_size: usize,
-    /// MLP width.
+    /// MLP width (Mixtral: the width of each expert).
     pub intermediate_size: usize,
     /// Decoder layers.
     pub num_hidden_layers: usize,
@@ -159,6 +177,14 @@ pub struct LlamaConfig {
     /// MLP activation; only `silu` is implemented.
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// Mixtral: experts per layer (HF default 8). Ignored by the other architectures.
+    /// `router_aux_loss_coef`, `router_jitter_noise`, `output_router_logits` are training-only
+    /// and not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_local_experts: Option<usize>,
+    /// Mixtral: experts each token is routed to (HF default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_experts_per_tok: Option<usize>,
 }
 
 impl LlamaConfig {
@@ -202,6 +228,7 @@ impl LlamaConfig {
             Some([first, ..]) => Some(match first.as_str() {
                 "LlamaForCausalLM" => Architecture::Llama,
                 "MistralForCausalLM" => Architecture::Mistral,
+                "MixtralForCausalLM" => Architecture::Mixtral,
                 other => return Err(unsupported(other)),
             }),
             _ => None,
@@ -209,6 +236,7 @@ impl LlamaConfig {
         let from_type = match self.model_type.as_deref() {
             Some("llama") => Some(Architecture::Llama),
             Some("mistral") => Some(Architecture::Mistral),
+            Some("mixtral") => Some(Architecture::Mixtral),
             Some(other) => return Err(unsupported(other)),
             None => None,
         };
@@ -251,7 +279,29 @@ impl LlamaConfig {
         if self.hidden_act != "silu" {
             return bad(format!("hidden_act `{}` (only silu)", self.hidden_act));
         }
+        self.moe()?;
         self.rope().map(|_| ())
+    }
+
+    /// The expert counts of a Mixtral config (HF defaults where omitted), validated; `None` for
+    /// the dense architectures.
+    pub fn moe(&self) -> Result<Option<MoeConfig>> {
+        if self.architecture()? != Architecture::Mixtral {
+            return Ok(None);
+        }
+        let num_experts = self.num_local_experts.unwrap_or(DEFAULT_NUM_LOCAL_EXPERTS);
+        let top_k = self
+            .num_experts_per_tok
+            .unwrap_or(DEFAULT_NUM_EXPERTS_PER_TOK);
+        if num_experts == 0 {
+            return Err(Error::Config("num_local_experts must be positive".into()));
+        }
+        if top_k == 0 || top_k > num_experts {
+            return Err(Error::Config(format!(
+                "num_experts_per_tok {top_k} must be in 1..=num_local_experts ({num_experts})"
+            )));
+        }
+        Ok(Some(MoeConfig { num_experts, top_k }))
     }
 
     /// Key/value heads.

@@ -1,7 +1,9 @@
-//! The decoder block: grouped-query attention with RoPE, a SwiGLU MLP and two RMSNorms.
+//! The decoder block: grouped-query attention with RoPE, a feed-forward (a SwiGLU MLP, or
+//! Mixtral's sparse mixture of experts) and two RMSNorms.
 //!
-//! Field names mirror HF (`self_attn.q_proj`, `mlp.gate_proj`, `input_layernorm`, ...), so module
-//! paths seen by the quantization pass read like HF tensor names without the `model.` prefix.
+//! Field names mirror HF (`self_attn.q_proj`, `mlp.gate_proj`, `block_sparse_moe.experts.0.w1`,
+//! `input_layernorm`, ...), so module paths seen by the quantization pass read like HF tensor
+//! names without the `model.` prefix.
 
 use any4_burn::{QLinear, impl_qlinear_container};
 use burn::module::Module;
@@ -9,6 +11,7 @@ use burn::nn::RmsNorm;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::moe::SparseMoe;
 use crate::rope::RopeTables;
 
 /// Keys and values of one layer seen so far, `[batch, kv_heads, len, head_dim]` each.
@@ -179,19 +182,30 @@ impl Mlp {
     }
 }
 
-/// One pre-norm decoder block: `h = x + attn(norm₁ x)`, `out = h + mlp(norm₂ h)`.
+/// One pre-norm decoder block: `h = x + attn(norm₁ x)`, `out = h + ffn(norm₂ h)`.
+///
+/// The feed-forward is exactly one of `mlp` (Llama, Mistral) and `block_sparse_moe` (Mixtral).
+/// Two optional fields rather than one enum field because field names are module paths: an
+/// enum would put both kinds under one name, while this way the paths (hence pass patterns and
+/// checkpoint names) stay HF's `layers.N.mlp.*` and `layers.N.block_sparse_moe.*`.
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
     /// Self-attention.
     pub self_attn: Attention,
-    /// Feed-forward.
-    pub mlp: Mlp,
+    /// Dense feed-forward; `None` in a mixture-of-experts layer.
+    pub mlp: Option<Mlp>,
+    /// Sparse mixture of experts; `None` in a dense layer.
+    pub block_sparse_moe: Option<SparseMoe>,
     /// Norm before attention.
     pub input_layernorm: RmsNorm,
-    /// Norm before the MLP.
+    /// Norm before the feed-forward.
     pub post_attention_layernorm: RmsNorm,
 }
-impl_qlinear_container!(DecoderLayer { self_attn, mlp });
+impl_qlinear_container!(DecoderLayer {
+    self_attn,
+    mlp,
+    block_sparse_moe
+});
 
 impl DecoderLayer {
     /// `x: [batch, new, hidden]`.
@@ -205,6 +219,15 @@ impl DecoderLayer {
             + self
                 .self_attn
                 .forward(self.input_layernorm.forward(x), ctx, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        h.clone() + self.feed_forward(self.post_attention_layernorm.forward(h))
+    }
+
+    /// The feed-forward, whichever kind the layer has.
+    pub fn feed_forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match (&self.mlp, &self.block_sparse_moe) {
+            (Some(mlp), None) => mlp.forward(x),
+            (None, Some(moe)) => moe.forward(x),
+            _ => panic!("a decoder layer needs exactly one of `mlp` and `block_sparse_moe`"),
+        }
     }
 }

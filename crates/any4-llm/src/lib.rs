@@ -1,8 +1,10 @@
 //! # any4-llm
 //!
-//! Llama and Mistral causal language models written once over [`any4_burn::QLinear`], so the
-//! same code runs dense or any4-quantized: HF safetensors loading, tokenizer, KV-cached
-//! generation with sampling, and GPTQ-style perplexity.
+//! Llama, Mistral (sliding-window attention) and Mixtral (sparse mixture of experts) causal
+//! language models written once over [`any4_burn::QLinear`], so the same code runs dense or
+//! any4-quantized: HF safetensors loading, tokenizer, KV-cached generation with sampling, and
+//! GPTQ-style perplexity. In Mixtral every expert's `w1`/`w2`/`w3` is a `QLinear` (quantized
+//! and calibrated on the tokens routed to it); the router stays dense.
 //!
 //! ```no_run
 //! use any4_burn::{CALIBRATION_PROMPT, QuantizeConfig, quantize};
@@ -36,16 +38,20 @@ pub mod gguf;
 mod layers;
 mod load;
 mod model;
+mod moe;
 mod rope;
 mod tokenizer;
 
 pub use auto::{GgufSource, load_auto, load_gguf, save_any4};
-pub use config::{Architecture, LlamaConfig, RopeConfig, RopeScaling, RopeScalingConfig, TokenIds};
+pub use config::{
+    Architecture, LlamaConfig, MoeConfig, RopeConfig, RopeScaling, RopeScalingConfig, TokenIds,
+};
 pub use error::{Error, Result};
 pub use eval::{Dataset, Perplexity, PerplexityConfig, perplexity, perplexity_of_ids};
 pub use generate::{GenerateConfig, Generation, Sampling, generate, sample};
 pub use layers::{Attention, DecoderLayer, LayerCache, Mlp, StepContext, attention_mask};
 pub use load::{SafetensorsSource, TensorSource, load_model, load_pretrained};
 pub use model::{KvCache, Llama, ReadTensor, hf_tensor_shapes, token_tensor, token_tensor_batch};
+pub use moe::{Expert, Routing, SparseMoe};
 pub use rope::{RopeTables, inv_freq};
 pub use tokenizer::Tokenizer;

@@ -1,17 +1,19 @@
-//! Llama / Mistral causal LM over `QLinear`, with a caller-owned KV cache.
+//! Llama / Mistral / Mixtral causal LM over `QLinear`, with a caller-owned KV cache.
 //!
-//! One implementation serves both: Mistral is Llama plus an optional sliding attention window.
+//! One implementation serves all three: Mistral is Llama plus an optional sliding attention
+//! window, Mixtral is Mistral with a sparse mixture of experts in place of each MLP.
 //! Module paths (`layers.3.self_attn.q_proj`, `lm_head`) are HF's names without `model.`.
 
 use any4_burn::{BlockwiseModel, CalibrationStats, Calibrator, QLinear, impl_qlinear_container};
 use any4_core::rng::SplitMix64;
 use burn::module::{Module, Param, ParamId};
-use burn::nn::{Embedding, RmsNorm};
+use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::layers::{Attention, DecoderLayer, LayerCache, Mlp, StepContext, attention_mask};
+use crate::moe::{Expert, SparseMoe};
 use crate::rope::{RopeTables, inv_freq};
 
 /// Keys and values of every layer for the tokens processed so far (owned by the caller, so
@@ -56,7 +58,7 @@ impl KvCache {
     }
 }
 
-/// A Llama-family causal language model.
+/// A Llama-family causal language model (Llama, Mistral, Mixtral: see [`LlamaConfig::moe`]).
 #[derive(Module, Debug)]
 pub struct Llama {
     /// Token embedding `[vocab, hidden]`.
@@ -76,7 +78,11 @@ pub struct Llama {
 impl_qlinear_container!(Llama { layers, lm_head });
 
 /// HF tensor names and shapes (`[out, in]` for linears) the config implies, in load order.
+///
+/// A config whose expert counts do not validate is read as dense here; model construction
+/// refuses it.
 pub fn hf_tensor_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    let moe = cfg.moe().ok().flatten();
     let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let (q, kv) = (
         cfg.num_attention_heads * cfg.head_dim(),
@@ -99,6 +105,18 @@ pub fn hf_tensor_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
             }
         }
         push("post_attention_layernorm.weight", vec![d]);
+        if let Some(moe) = moe {
+            push("block_sparse_moe.gate.weight", vec![moe.num_experts, d]);
+            for e in 0..moe.num_experts {
+                for (name, o, i) in [("w1", f, d), ("w2", d, f), ("w3", f, d)] {
+                    push(
+                        &format!("block_sparse_moe.experts.{e}.{name}.weight"),
+                        vec![o, i],
+                    );
+                }
+            }
+            continue;
+        }
         for (name, o, i) in [("gate_proj", f, d), ("up_proj", f, d), ("down_proj", d, f)] {
             push(&format!("mlp.{name}.weight"), vec![o, i]);
             if cfg.mlp_bias {
@@ -146,6 +164,13 @@ impl Builder<'_, '_> {
         };
         Ok(QLinear::from_hf(w, b))
     }
+    /// A dense `nn::Linear` without bias from `name` `[out, in]` (Burn stores `[in, out]`).
+    fn dense(&mut self, name: &str, out: usize, inp: usize) -> Result<Linear> {
+        Ok(Linear {
+            weight: param(self.tensor(name, [out, inp])?.transpose()),
+            bias: None,
+        })
+    }
 }
 
 fn param<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
@@ -173,6 +198,7 @@ impl Llama {
             config.head_dim(),
         );
         let (ab, mb) = (config.attention_bias, config.mlp_bias);
+        let moe_config = config.moe()?;
         let mut b = Builder {
             get,
             device,
@@ -195,15 +221,41 @@ impl Llama {
             };
             let post_attention_layernorm =
                 b.norm(&format!("{p}.post_attention_layernorm.weight"), d)?;
-            let m = format!("{p}.mlp");
-            let mlp = Mlp {
-                gate_proj: b.linear(&format!("{m}.gate_proj"), f, d, mb)?,
-                up_proj: b.linear(&format!("{m}.up_proj"), f, d, mb)?,
-                down_proj: b.linear(&format!("{m}.down_proj"), d, f, mb)?,
+            let (mlp, block_sparse_moe) = match moe_config {
+                None => {
+                    let m = format!("{p}.mlp");
+                    let mlp = Mlp {
+                        gate_proj: b.linear(&format!("{m}.gate_proj"), f, d, mb)?,
+                        up_proj: b.linear(&format!("{m}.up_proj"), f, d, mb)?,
+                        down_proj: b.linear(&format!("{m}.down_proj"), d, f, mb)?,
+                    };
+                    (Some(mlp), None)
+                }
+                Some(moe) => {
+                    let m = format!("{p}.block_sparse_moe");
+                    let gate = b.dense(&format!("{m}.gate.weight"), moe.num_experts, d)?;
+                    let experts = (0..moe.num_experts)
+                        .map(|e| {
+                            let x = format!("{m}.experts.{e}");
+                            Ok(Expert {
+                                w1: b.linear(&format!("{x}.w1"), f, d, false)?,
+                                w2: b.linear(&format!("{x}.w2"), d, f, false)?,
+                                w3: b.linear(&format!("{x}.w3"), f, d, false)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let moe = SparseMoe {
+                        gate,
+                        experts,
+                        top_k: moe.top_k,
+                    };
+                    (None, Some(moe))
+                }
             };
             layers.push(DecoderLayer {
                 self_attn,
                 mlp,
+                block_sparse_moe,
                 input_layernorm,
                 post_attention_layernorm,
             });
