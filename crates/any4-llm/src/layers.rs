@@ -8,7 +8,9 @@
 use any4_burn::{QLinear, impl_qlinear_container};
 use burn::module::Module;
 use burn::nn::RmsNorm;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::moe::SparseMoe;
@@ -47,14 +49,57 @@ impl LayerCache {
     }
 }
 
-/// What every layer of one forward call shares: rotary tables and the attention mask.
+/// What every layer of one forward call shares: rotary tables, positions and the attention mask.
 #[derive(Debug, Clone)]
 pub struct StepContext {
     /// Rotary tables for the new positions.
     pub rope: RopeTables,
     /// Additive mask `[new, total]` (0 or −∞), `None` when every key is visible.
     pub mask: Option<Tensor<2>>,
+    /// Position of the first key (cached or new) the layers see.
+    pub key_start: usize,
+    /// Position of the first new token.
+    pub start: usize,
+    /// Sliding attention window, if any.
+    pub window: Option<usize>,
 }
+
+impl StepContext {
+    /// The context for `len` new tokens from position `start`, attending to keys from
+    /// `key_start` (see [`attention_mask`]).
+    pub fn new(
+        inv_freq: &[f32],
+        key_start: usize,
+        start: usize,
+        len: usize,
+        window: Option<usize>,
+        device: &Device,
+    ) -> Self {
+        StepContext {
+            rope: RopeTables::new(inv_freq, start, len, device),
+            mask: attention_mask(key_start, start, len, window, device),
+            key_start,
+            start,
+            window,
+        }
+    }
+
+    /// The keys (indices into the `[key_start, start + len)` key axis) that queries
+    /// `q0..q1` (indices among the new tokens) can see: everything outside is masked for all
+    /// of them, so leaving it out of the computation is exact.
+    fn visible_keys(&self, q0: usize, q1: usize) -> std::ops::Range<usize> {
+        let hi = self.start + q1 - self.key_start;
+        let lo = self
+            .window
+            .map_or(0, |w| (self.start + q0 + 1).saturating_sub(w))
+            .saturating_sub(self.key_start);
+        lo.min(hi)..hi
+    }
+}
+
+/// Queries per attention call in prefill: causal attention then skips the key blocks a chunk
+/// cannot see (about half the work at long lengths), and scores stay `chunk × keys` in size.
+const QUERY_CHUNK: usize = 256;
 
 /// Additive attention mask for queries at positions `start..start+len` over cached and new keys
 /// at positions `key_start..start+len`.
@@ -134,17 +179,39 @@ impl Attention {
             None => (k, v),
         };
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-        let scores = match &ctx.mask {
-            Some(m) => scores + m.clone().unsqueeze::<4>(),
-            None => scores,
-        };
-        let out = softmax(scores, 3)
-            .matmul(v)
+        let chunks: Vec<Tensor<4>> = (0..t)
+            .step_by(QUERY_CHUNK)
+            .map(|q0| {
+                let q1 = (q0 + QUERY_CHUNK).min(t);
+                let keys = ctx.visible_keys(q0, q1);
+                let bias = ctx
+                    .mask
+                    .as_ref()
+                    .map(|m| m.clone().slice([q0..q1, keys.clone()]).unsqueeze::<4>());
+                attend(
+                    q.clone().narrow(2, q0, q1 - q0),
+                    k.clone().narrow(2, keys.start, keys.len()),
+                    v.clone().narrow(2, keys.start, keys.len()),
+                    bias,
+                )
+            })
+            .collect();
+        let out = Tensor::cat(chunks, 2)
             .swap_dims(1, 2)
             .reshape([b, t, h * hd]);
         self.o_proj.forward(out)
     }
+}
+
+/// `softmax(q·kᵀ/√d + bias)·v` through Burn's fused attention op (Flex: tiled online softmax
+/// without a `[heads, queries, keys]` score tensor; Cube: flash kernels where they apply).
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Option<Tensor<4>>) -> Tensor<4> {
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: false,
+    };
+    attention(q, k, v, None, bias, options)
 }
 
 /// `[b, kv_heads, s, d] → [b, kv_heads·rep, s, d]`, query head `i` reading kv head `i / rep`.

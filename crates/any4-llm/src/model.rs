@@ -12,9 +12,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
 use crate::error::Result;
-use crate::layers::{Attention, DecoderLayer, LayerCache, Mlp, StepContext, attention_mask};
+use crate::layers::{Attention, DecoderLayer, LayerCache, Mlp, StepContext};
 use crate::moe::{Expert, SparseMoe};
-use crate::rope::{RopeTables, inv_freq};
+use crate::rope::inv_freq;
 
 /// Keys and values of every layer for the tokens processed so far (owned by the caller, so
 /// several conversations can share one model).
@@ -318,10 +318,14 @@ impl Llama {
     /// Rotary tables for `len` new positions from `start`, and their mask over keys from
     /// `key_start`.
     fn context(&self, key_start: usize, start: usize, len: usize, device: &Device) -> StepContext {
-        StepContext {
-            rope: RopeTables::new(&self.rope_inv_freq, start, len, device),
-            mask: attention_mask(key_start, start, len, self.config.sliding_window, device),
-        }
+        StepContext::new(
+            &self.rope_inv_freq,
+            key_start,
+            start,
+            len,
+            self.config.sliding_window,
+            device,
+        )
     }
 
     fn run(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {

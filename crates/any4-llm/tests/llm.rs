@@ -648,10 +648,14 @@ fn expert_paths() -> Vec<String> {
 fn check_routing_against(model: &Llama, ids: &[u32], theirs: &[LayerRouting]) {
     let (n, d) = (ids.len(), model.config.hidden_size);
     let dev = device();
-    let ctx = StepContext {
-        rope: RopeTables::new(&model.rope_inv_freq, 0, n, &dev),
-        mask: attention_mask(0, 0, n, model.config.sliding_window, &dev),
-    };
+    let ctx = StepContext::new(
+        &model.rope_inv_freq,
+        0,
+        0,
+        n,
+        model.config.sliding_window,
+        &dev,
+    );
     let mut h = model.embed_tokens.forward(token_tensor(ids, &dev));
     assert_eq!(theirs.len(), model.layers.len());
     for (i, (layer, theirs)) in model.layers.iter().zip(theirs).enumerate() {
