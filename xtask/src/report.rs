@@ -22,7 +22,6 @@ type Result<T> = std::result::Result<T, String>;
 const RECORDS: &str = "bench/results/accuracy.json";
 const RESULTS_MD: &str = "docs/RESULTS.md";
 const CHART: &str = "docs/results/accuracy.png";
-const DATASETS: [&str; 2] = ["ptb", "botchan"];
 
 /// A model the report covers.
 struct ModelSpec {
@@ -31,7 +30,18 @@ struct ModelSpec {
     seq_len: usize,
     /// Windows per dataset (`None`: the whole text).
     windows: Option<usize>,
+    /// Evaluation texts: (column name, `--dataset` name or a file path).
+    texts: &'static [(&'static str, Text)],
     fetch: Option<&'static str>,
+}
+
+/// Where an evaluation text comes from.
+#[derive(Clone, Copy)]
+enum Text {
+    /// `any4 eval --dataset NAME`.
+    Dataset(&'static str),
+    /// `any4 eval --text PATH`.
+    File(&'static str),
 }
 
 /// One quantization setting (a row of the tables).
@@ -163,6 +173,11 @@ fn models(smollm2_windows: Option<usize>) -> Vec<ModelSpec> {
             // seen, so longer windows measure extrapolation, not the format.
             seq_len: 256,
             windows: None,
+            // Botchan is 95% of its training text: its own held-out split replaces it.
+            texts: &[
+                ("ptb", Text::Dataset("ptb")),
+                ("held-out", Text::File("models/tiny-llama/heldout.txt")),
+            ],
             fetch: None,
         },
         ModelSpec {
@@ -170,6 +185,10 @@ fn models(smollm2_windows: Option<usize>) -> Vec<ModelSpec> {
             path: ".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             seq_len: 2048,
             windows: smollm2_windows,
+            texts: &[
+                ("ptb", Text::Dataset("ptb")),
+                ("botchan", Text::Dataset("botchan")),
+            ],
             fetch: Some("smollm2"),
         },
     ]
@@ -344,13 +363,17 @@ fn measure(spec: &ModelSpec, mut rec: Record) -> Result<Record> {
         rec.pass_seconds = q["pass_seconds"].as_f64();
         tmp.clone()
     };
-    for d in DATASETS {
+    for (d, text) in spec.texts {
+        let (flag, value) = match text {
+            Text::Dataset(n) => ("--dataset", n),
+            Text::File(p) => ("--text", p),
+        };
         let mut a = vec![
             s("eval"),
             s("--model"),
             model.display().to_string(),
-            s("--dataset"),
-            s(d),
+            s(flag),
+            s(value),
             s("--seq-len"),
             spec.seq_len.to_string(),
             s("--json"),
@@ -362,9 +385,9 @@ fn measure(spec: &ModelSpec, mut rec: Record) -> Result<Record> {
         let ppl = e["ppl"]
             .as_f64()
             .ok_or(format!("eval {d}: no ppl in {e}"))?;
-        rec.ppl.insert(d.into(), ppl);
+        rec.ppl.insert(d.to_string(), ppl);
         rec.tokens
-            .insert(d.into(), e["tokens"].as_u64().unwrap_or(0) as usize);
+            .insert(d.to_string(), e["tokens"].as_u64().unwrap_or(0) as usize);
     }
     let _ = fs::remove_dir_all(&tmp);
     Ok(rec)
@@ -470,16 +493,17 @@ fn render(records: &[Record]) -> Result<()> {
             if rows.is_empty() {
                 continue;
             }
+            let (c0, c1) = (spec.texts[0].0, spec.texts[1].0);
             md.push_str(&format!(
-                "\n### group {group}\n\n| format | PTB ppl | Botchan ppl | bits/weight (stored) | bits/weight (format) | rel. MSE | pass time (s) |\n|---|---:|---:|---:|---:|---:|---:|\n"
+                "\n### group {group}\n\n| format | {c0} ppl | {c1} ppl | bits/weight (stored) | bits/weight (format) | rel. MSE | pass time (s) |\n|---|---:|---:|---:|---:|---:|---:|\n"
             ));
             let mut panel = Vec::new();
             if let Some(d) = dense {
                 md.push_str(&format!(
                     "| {} | {} | {} | 32 | 32 | 0 | – |\n",
                     d.setting.label(),
-                    fmt_ppl(d.ppl.get("ptb")),
-                    fmt_ppl(d.ppl.get("botchan"))
+                    fmt_ppl(d.ppl.get(c0)),
+                    fmt_ppl(d.ppl.get(c1))
                 ));
                 panel.push(("dense".to_string(), d.ppl.get("ptb").copied()));
             }
@@ -490,8 +514,8 @@ fn render(records: &[Record]) -> Result<()> {
                 md.push_str(&format!(
                     "| {} | {} | {} | {} | {} | {} | {} |\n",
                     setting.label(),
-                    fmt_ppl(r.ppl.get("ptb")),
-                    fmt_ppl(r.ppl.get("botchan")),
+                    fmt_ppl(r.ppl.get(c0)),
+                    fmt_ppl(r.ppl.get(c1)),
                     fmt_opt(r.bits_per_weight, 3),
                     fmt_opt(r.format_bits_per_weight, 3),
                     r.rel_mse.map_or("–".into(), |x| format!("{x:.2e}")),
@@ -499,7 +523,7 @@ fn render(records: &[Record]) -> Result<()> {
                 ));
                 panel.push((setting.short(), r.ppl.get("ptb").copied()));
             }
-            for d in DATASETS {
+            for (d, _) in spec.texts {
                 if let Some(o) = ordering(records, spec.name, group, d) {
                     md.push_str(&format!("\nOrder at group {group}, {o}.\n"));
                 }
@@ -524,7 +548,9 @@ Generated by `cargo xtask report accuracy` from the records in `bench/results/ac
 Protocol (ANY4.md §5, GPTQ style): the text is tokenized once without special tokens, cut into
 non-overlapping windows of `seq` tokens (partial tail dropped), perplexity = exp(mean NLL) over
 positions 1..seq of every window. PTB is the validation split (lines stripped, joined with a blank
-line); Botchan (Gutenberg, public domain) stands in for WikiText-2/C4, which cannot be fetched here.
+line); Botchan (Gutenberg, public domain; BOM and CRLF normalised) stands in for WikiText-2/C4,
+which cannot be fetched here. The embedded tiny model was trained on 95% of Botchan, so its second
+column is its own held-out text (`models/tiny-llama/heldout.txt`) instead.
 Calibration is the built-in diverse prompt (`CALIBRATION_PROMPT`, ≤ 2048 tokens), one forward
 (one-shot) or block by block on the already-quantized earlier blocks (sequential). Every linear
 layer but the LM head and embeddings is quantized; parameters (tables, scales, zeros) are f16.

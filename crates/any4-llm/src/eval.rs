@@ -171,7 +171,8 @@ impl Dataset {
             .unwrap_or_else(|| ".cache".into())
     }
 
-    /// Read the text from `cache`; a missing file says which fetch command provides it.
+    /// Read the text from `cache` (BOM dropped, CRLF → LF); a missing file says which fetch
+    /// command provides it.
     pub fn read_in(self, cache: &std::path::Path) -> Result<String> {
         let path = self.path_in(cache);
         match std::fs::read_to_string(&path) {
@@ -180,7 +181,11 @@ impl Dataset {
                 self.name(),
                 path.display()
             ))),
-            Ok(text) => Ok(text),
+            // Gutenberg files come with a BOM and CRLF line ends: tokenizers see `\r` as text.
+            Ok(text) => Ok(text
+                .strip_prefix('\u{feff}')
+                .unwrap_or(&text)
+                .replace("\r\n", "\n")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Input(format!(
                 "dataset `{}`: {} not found (run `cargo xtask fetch {}`)",
                 self.name(),
