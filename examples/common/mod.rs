@@ -3,11 +3,12 @@
 //!
 //! Options: `--model DIR|GGUF` `--format any4` `--group-size 128|row` `--prompt TEXT`
 //! `--max-tokens N` `--sequential` `--eval FILE` `--seq-len N` `--windows N` (`--windows` caps the
-//! perplexity windows: default 100, so a run stays near a minute on two cores; `0` = all).
+//! perplexity windows: default 100, so a run stays near a minute on two cores; `0` = all)
+//! `--backend flex|wgpu|cpu|cuda` (the CubeCL ones with `--features wgpu|cpu|cuda`).
 //!
 //! Steps: load the dense model → perplexity → greedy generation → calibrate on
 //! `CALIBRATION_PROMPT` → quantize the linear layers (LM head and embeddings stay dense) →
-//! perplexity and generation again → a side-by-side table. Offline, Flex CPU backend.
+//! perplexity and generation again → a side-by-side table. Offline; Flex (CPU) by default.
 
 use std::error::Error;
 use std::io::Write;
@@ -32,6 +33,24 @@ struct Args {
     eval: Option<PathBuf>,
     seq_len: usize,
     windows: usize,
+    backend: String,
+}
+
+/// The Burn device for `--backend` (CubeCL runtimes need the matching cargo feature).
+fn device(name: &str) -> Result<Device, Box<dyn Error>> {
+    match name {
+        "flex" => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        #[cfg(feature = "cpu")]
+        "cpu" => Ok(Device::cpu()),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::cuda(0)),
+        "wgpu" | "cpu" | "cuda" => {
+            Err(format!("backend `{name}` is not compiled in: add `--features {name}`").into())
+        }
+        other => Err(format!("unknown backend `{other}` (flex, wgpu, cpu, cuda)").into()),
+    }
 }
 
 fn parse_args(default_model: &str) -> Result<Args, Box<dyn Error>> {
@@ -46,6 +65,7 @@ fn parse_args(default_model: &str) -> Result<Args, Box<dyn Error>> {
         eval: None,
         seq_len: 256,
         windows: 100,
+        backend: "flex".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,11 +87,12 @@ fn parse_args(default_model: &str) -> Result<Args, Box<dyn Error>> {
             "--eval" => a.eval = Some(value()?.into()),
             "--seq-len" => a.seq_len = value()?.parse()?,
             "--windows" => a.windows = value()?.parse()?,
+            "--backend" => a.backend = value()?,
             "-h" | "--help" => {
                 println!(
                     "llama_any4 [--model DIR] [--format any4|any3|any2|int4|nf4|fp4] \
                      [--group-size N|row] [--prompt TEXT] [--max-tokens N] [--sequential] \
-                     [--eval FILE] [--seq-len N] [--windows N]"
+                     [--eval FILE] [--seq-len N] [--windows N] [--backend flex|wgpu|cpu|cuda]"
                 );
                 std::process::exit(0);
             }
@@ -134,7 +155,7 @@ fn eval(model: &Llama, tok: &Tokenizer, text: &str, cfg: &PerplexityConfig) -> P
 pub fn run(default_model: &str) -> Result<(), Box<dyn Error>> {
     let args = parse_args(default_model)?;
     let start = Instant::now();
-    let device = Device::flex();
+    let device = device(&args.backend)?;
     let (model, tok) = load_auto(&args.model, &device)?;
     let c = &model.config;
     println!(

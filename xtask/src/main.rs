@@ -44,6 +44,10 @@ fn main() -> ExitCode {
             );
             println!("                 any4 vs dense matmul on one backend, same run");
             println!(
+                "  bench decode [--backend flex|cpu|wgpu|cuda] [--models PATH,...] [--tokens N] [--repeats N]"
+            );
+            println!("                 end-to-end decode tokens/s, dense vs any4, same run");
+            println!(
                 "  fetch NAME...  smollm2, ptb, botchan, shakespeare, mistral-tokenizer, llama-vocab, all (into .cache/)"
             );
             println!(
@@ -104,24 +108,24 @@ fn bench(args: &[String]) -> ExitCode {
             &["bench", "-p", "any4-core", "--bench", "core"],
             &[],
         ),
-        Some("kernels") => bench_kernels(&args[1..]),
+        Some(suite @ ("kernels" | "decode")) => bench_backend(suite, &args[1..]),
         Some(other) => {
-            eprintln!("xtask bench: unknown suite `{other}` (available: core, kernels)");
+            eprintln!("xtask bench: unknown suite `{other}` (available: core, kernels, decode)");
             ExitCode::from(2)
         }
     }
 }
 
-/// `bench kernels [--backend B] ...`: builds the bench with the backend's feature and the runtime
-/// environment it needs, and writes `bench/results/kernels-<backend>.{json,md}` by default.
-fn bench_kernels(args: &[String]) -> ExitCode {
+/// `bench kernels|decode [--backend B] ...`: builds the bench with the backend's feature and the
+/// runtime environment it needs, and writes `bench/results/<suite>-<backend>.{json,md}` by default.
+fn bench_backend(suite: &str, args: &[String]) -> ExitCode {
     let backend = args
         .iter()
         .position(|a| a == "--backend")
         .and_then(|i| args.get(i + 1))
         .map_or("flex", String::as_str)
         .to_string();
-    let mut cargo: Vec<String> = ["bench", "-p", "burn-any4", "--bench", "kernels"]
+    let mut cargo: Vec<String> = ["bench", "-p", "burn-any4", "--bench", suite]
         .map(String::from)
         .to_vec();
     let mut env: Vec<(String, String)> = Vec::new();
@@ -139,7 +143,7 @@ fn bench_kernels(args: &[String]) -> ExitCode {
             }
         }
         other => {
-            eprintln!("xtask bench kernels: unknown backend `{other}` (flex, cpu, wgpu, cuda)");
+            eprintln!("xtask bench {suite}: unknown backend `{other}` (flex, cpu, wgpu, cuda)");
             return ExitCode::from(2);
         }
     }
@@ -149,7 +153,7 @@ fn bench_kernels(args: &[String]) -> ExitCode {
         let _ = std::fs::create_dir_all("bench/results");
         cargo.extend([
             "--json".to_string(),
-            format!("bench/results/kernels-{backend}.json"),
+            format!("bench/results/{suite}-{backend}.json"),
         ]);
     }
     let refs: Vec<&str> = cargo.iter().map(String::as_str).collect();

@@ -54,15 +54,43 @@ pub fn load_auto(path: &Path, device: &Device) -> Result<(Llama, Tokenizer)> {
     }
     let weights = path.join("model.safetensors");
     if weights.is_file()
-        && let Ok(ckpt) = Checkpoint::open(&weights)
+        && let Some(header) = any4_header(&weights)
     {
-        return load_any4(path, &ckpt, device);
+        return load_any4(path, &weights, header, device);
     }
     load_pretrained(path, device)
 }
 
+/// Tensor names and `quantization_config` of `model.safetensors` if its metadata says it is an
+/// any4 checkpoint (`format = "any4"`), read from the header alone. Deciding by the metadata (not
+/// by whether the checkpoint validates) keeps a damaged any4 file's error from turning into a
+/// confusing "not an HF model" one.
+fn any4_header(weights: &Path) -> Option<(HashSet<String>, BTreeMap<String, LayerInfo>)> {
+    let file = std::fs::File::open(weights).ok()?;
+    // SAFETY: read-only mapping; checkpoints are replaced by rename, never written in place.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap).ok()?;
+    let info = meta.metadata().as_ref()?;
+    if info.get("format").map(String::as_str) != Some(any4_burn::CHECKPOINT_FORMAT) {
+        return None;
+    }
+    // An unreadable config is still an any4 file: `Checkpoint::open` names the problem.
+    let layers = info
+        .get("quantization_config")
+        .and_then(|j| serde_json::from_str::<QuantizationConfig>(j).ok())
+        .map(|c| c.layers)
+        .unwrap_or_default();
+    let names = meta.tensors().keys().cloned().collect();
+    Some((names, layers))
+}
+
 /// An any4 folder: the model skeleton from `config.json`, every tensor from the checkpoint.
-fn load_any4(dir: &Path, ckpt: &Checkpoint, device: &Device) -> Result<(Llama, Tokenizer)> {
+fn load_any4(
+    dir: &Path,
+    weights: &Path,
+    (present, layers): (HashSet<String>, BTreeMap<String, LayerInfo>),
+    device: &Device,
+) -> Result<(Llama, Tokenizer)> {
     let config = LlamaConfig::from_file(dir.join("config.json"))?;
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"), &config)?;
     // Zero-filled skeleton of the right shapes; the checkpoint then replaces every tensor.
@@ -71,21 +99,16 @@ fn load_any4(dir: &Path, ckpt: &Checkpoint, device: &Device) -> Result<(Llama, T
     })?;
     // Name a missing tensor (an expert of a truncated Mixtral, say) as the HF loader does,
     // before the checkpoint's own validation reports it as a generic checkpoint error.
-    let present: HashSet<String> = ckpt
-        .tensor_infos()?
-        .into_iter()
-        .map(|(name, _, _)| name)
-        .collect();
-    if let Some(tensor) = expected_tensors(&skeleton, &ckpt.config().layers)
+    if let Some(tensor) = expected_tensors(&skeleton, &layers)
         .into_iter()
         .find(|t| !present.contains(t))
     {
         return Err(Error::MissingTensor {
-            path: ckpt.path().to_path_buf(),
+            path: weights.to_path_buf(),
             tensor,
         });
     }
-    let model = ckpt.load_into(skeleton)?;
+    let model = Checkpoint::open(weights)?.load_into(skeleton)?;
     Ok((model, tokenizer))
 }
 
