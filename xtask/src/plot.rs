@@ -74,14 +74,16 @@ fn bar_panel(
     ) else {
         return Ok(());
     };
-    let (lo, hi) = (lo * 0.8, hi * 1.5);
+    // Log scale drawn as ln(v) on a linear axis, so ticks are labelled at any range (plotters'
+    // log axis labels only powers of ten).
+    let (lo, hi) = ((lo * 0.8).ln(), (hi * 1.5).ln());
     let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((0..bars.len()).into_segmented(), (lo..hi).log_scale())
+        .build_cartesian_2d((0..bars.len()).into_segmented(), lo..hi)
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -94,7 +96,8 @@ fn bar_panel(
             SegmentValue::Last => String::new(),
         })
         .x_label_style(("sans-serif", 12))
-        .y_desc("perplexity (log)")
+        .y_desc("perplexity (log scale)")
+        .y_label_formatter(&|v| format!("{:.1}", v.exp()))
         .draw()
         .map_err(err)?;
     chart
@@ -110,7 +113,7 @@ fn bar_panel(
             let mut r = Rectangle::new(
                 [
                     (SegmentValue::Exact(i), lo),
-                    (SegmentValue::Exact(i + 1), v),
+                    (SegmentValue::Exact(i + 1), v.ln()),
                 ],
                 color.filled(),
             );

@@ -80,7 +80,7 @@ impl Setting {
             parts.push(c.as_str());
         }
         if self.format == "dense" {
-            return "baseline (dequantized GGUF / f32)".into();
+            return "baseline (dense f32)".into();
         }
         if parts.is_empty() {
             self.format.clone()
@@ -494,6 +494,8 @@ fn render(records: &[Record]) -> Result<()> {
                 continue;
             }
             let (c0, c1) = (spec.texts[0].0, spec.texts[1].0);
+            // The in-domain text: the tiny model's is its held-out split, not PTB.
+            let chart = if spec.name == "tiny-llama" { c1 } else { c0 };
             md.push_str(&format!(
                 "\n### group {group}\n\n| format | {c0} ppl | {c1} ppl | bits/weight (stored) | bits/weight (format) | rel. MSE | pass time (s) |\n|---|---:|---:|---:|---:|---:|---:|\n"
             ));
@@ -505,7 +507,7 @@ fn render(records: &[Record]) -> Result<()> {
                     fmt_ppl(d.ppl.get(c0)),
                     fmt_ppl(d.ppl.get(c1))
                 ));
-                panel.push(("dense".to_string(), d.ppl.get("ptb").copied()));
+                panel.push(("dense".to_string(), d.ppl.get(chart).copied()));
             }
             for setting in settings().into_iter().skip(1) {
                 let Some(r) = rows.iter().find(|r| r.setting == setting) else {
@@ -521,16 +523,17 @@ fn render(records: &[Record]) -> Result<()> {
                     r.rel_mse.map_or("–".into(), |x| format!("{x:.2e}")),
                     fmt_opt(r.pass_seconds, 1)
                 ));
-                panel.push((setting.short(), r.ppl.get("ptb").copied()));
+                panel.push((setting.short(), r.ppl.get(chart).copied()));
             }
             for (d, _) in spec.texts {
                 if let Some(o) = ordering(records, spec.name, group, d) {
                     md.push_str(&format!("\nOrder at group {group}, {o}.\n"));
                 }
             }
-            panels.push((format!("{} · group {group} · PTB", spec.name), panel));
+            panels.push((format!("{} · group {group} · {chart}", spec.name), panel));
         }
     }
+    md.push_str(ANALYSIS);
     md.push_str(RESULTS_FOOTER);
     if !panels.is_empty() {
         plot::accuracy_chart(Path::new(CHART), &panels)?;
@@ -562,10 +565,34 @@ Stored bits count 4-bit code slots for every format; \"format bits\" counts what
 
 const SMOLLM2_CAVEAT: &str = "
 **Caveat:** the only real trained model obtainable here is SmolLM2-135M-Instruct as a llama.cpp
-Q4_1 GGUF: its linears are already 4-bit per block of 32. The baseline is that model dequantized to
-f32, and every format re-quantizes these weights at group 128 or per row (group 32 would be
+Q4_1 GGUF: its linears are already 4-bit per block of 32. The baseline (\"dense f32\") is that model
+dequantized to f32, and every format re-quantizes these weights at group 128 or per row (group 32 would be
 trivially exact). A 135M model at group 128 is very sensitive to the format, which makes it a
 discriminating benchmark, but absolute numbers are not comparable with the paper's 7B+ models.
+";
+
+const ANALYSIS: &str = "
+## Reading the results
+
+- **any4 is the best 4-bit format on every text but the tiny model's out-of-domain PTB.** On
+  SmolLM2-135M at group 128 it closes
+  about half (PTB) to 60% (Botchan) of nf4's gap to the baseline; per row (4.42 bits) it is better than
+  nf4 and fp4 at group 128 (4.27 bits). The exact 1-D k-means (DP) is a further small gain over
+  k-means++/Lloyd at 2× the quantization time; sequential calibration changes little here (the
+  built-in calibration prompt is short).
+- **int4 vs fp4 on SmolLM2 disagrees with the paper** (the paper has int4 < fp4; we measure
+  fp4 < int4 on both texts and both group sizes), while the embedded tiny model, trained in f32,
+  shows the paper's order on its held-out text. The weight error does not explain it: int4 has
+  the lower relative MSE (9.9e-3 vs 1.2e-2 at group 128). Our hypothesis, not verified yet: these
+  weights are already Q4_1 (a 16-level uniform grid per block of 32 with its own min and max), so a
+  group of 128 is a union of four offset lattices; int4's single min–max grid then misplaces the
+  many near-zero weights of the blocks with small ranges, which costs more in the output than the
+  larger errors fp4 makes on a few large weights. A per-layer activation-weighted error comparison
+  is the next check.
+- **PTB on the tiny model** is out of domain (it was trained on 19th-century literature; PTB is
+  1989 news with `<unk>` and `N` tokens), so its PTB column is noise-level: use its held-out column.
+- any3 stores 3-bit codes in 4-bit slots today (\"stored\" vs \"format\" bits); any2 collapses on a
+  135M model, as expected.
 ";
 
 const RESULTS_FOOTER: &str = "
