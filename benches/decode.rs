@@ -10,7 +10,7 @@
 //! SmolLM2-135M when `cargo xtask fetch smollm2` has put it in `.cache/`.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use any4_burn::{CALIBRATION_PROMPT, QuantizeConfig, quantize};
 use any4_core::{Any4Config, Format};
@@ -94,7 +94,7 @@ struct Row {
     head_mb: f64,
 }
 
-fn bench_model(path: &PathBuf, args: &Args, device: &Device) -> Result<Row, String> {
+fn bench_model(path: &Path, args: &Args, device: &Device) -> Result<Row, String> {
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let (dense, tok) = load_auto(path, device).map_err(|e| err(&e))?;
     let (mut qmodel, _) = load_auto(path, device).map_err(|e| err(&e))?;
