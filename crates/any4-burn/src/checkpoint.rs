@@ -665,7 +665,11 @@ impl ModuleMapper for Loader<'_> {
                         (&t.device(), t.dtype()),
                     );
                     if linear {
-                        loaded.swap_dims(0, 1)
+                        // Materialised: a lazy transposed view would be re-copied into a
+                        // contiguous buffer by every matmul (it dominated batch-1 decode).
+                        let dtype = loaded.dtype();
+                        let data = loaded.swap_dims(0, 1).into_data();
+                        Tensor::<D>::from_data(data, (&t.device(), dtype))
                     } else {
                         loaded
                     }

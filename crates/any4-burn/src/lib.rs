@@ -44,6 +44,7 @@ pub use checkpoint::{
 pub use error::{Error, Result};
 pub use linear::{
     Any4Linear, CalibratingLinear, QLinear, QLinearContainer, join_path, qlinear_paths,
+    transposed_contiguous,
 };
 pub use pass::{
     BlockwiseModel, LayerReport, QuantizeConfig, Report, quantize, quantize_sequential,

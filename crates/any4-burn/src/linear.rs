@@ -99,6 +99,13 @@ impl Any4Linear {
     }
 }
 
+/// `tᵀ` materialised in row-major order. A lazy `transpose()` view would make every matmul
+/// re-copy the weight into a contiguous buffer first (Flex), which dominated batch-1 decode.
+pub fn transposed_contiguous(t: Tensor<2>) -> Tensor<2> {
+    let device = t.device();
+    Tensor::from_data(t.transpose().into_data(), &device)
+}
+
 /// Convert tensor data to a `Vec<E>`, naming what failed.
 pub(crate) fn read_vec<E: burn::tensor::Element>(data: TensorData, what: &str) -> Result<Vec<E>> {
     data.convert::<E>()
@@ -136,7 +143,7 @@ impl QLinear {
     /// A dense layer from a PyTorch/HF-layout weight `[d_output, d_input]` and optional bias.
     pub fn from_hf(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
         QLinear::Dense(Linear {
-            weight: Param::initialized(ParamId::new(), weight.transpose()),
+            weight: Param::initialized(ParamId::new(), transposed_contiguous(weight)),
             bias: bias.map(|b| Param::initialized(ParamId::new(), b)),
         })
     }

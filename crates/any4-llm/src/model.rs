@@ -4,7 +4,10 @@
 //! window, Mixtral is Mistral with a sparse mixture of experts in place of each MLP.
 //! Module paths (`layers.3.self_attn.q_proj`, `lm_head`) are HF's names without `model.`.
 
-use any4_burn::{BlockwiseModel, CalibrationStats, Calibrator, QLinear, impl_qlinear_container};
+use any4_burn::{
+    BlockwiseModel, CalibrationStats, Calibrator, QLinear, impl_qlinear_container,
+    transposed_contiguous,
+};
 use any4_core::rng::SplitMix64;
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Embedding, Linear, RmsNorm};
@@ -167,7 +170,7 @@ impl Builder<'_, '_> {
     /// A dense `nn::Linear` without bias from `name` `[out, in]` (Burn stores `[in, out]`).
     fn dense(&mut self, name: &str, out: usize, inp: usize) -> Result<Linear> {
         Ok(Linear {
-            weight: param(self.tensor(name, [out, inp])?.transpose()),
+            weight: param(transposed_contiguous(self.tensor(name, [out, inp])?)),
             bias: None,
         })
     }
