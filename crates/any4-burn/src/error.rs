@@ -39,6 +39,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A NaN or infinite value in a model parameter or a stored tensor.
+    #[error("tensor `{tensor}` has a non-finite value ({value}) at {position}")]
+    NonFinite {
+        /// Checkpoint name of the tensor (`layers.0.mlp.up_proj.weight`).
+        tensor: String,
+        /// `row r, column c` (`[out, in]` for weights) or `index i`.
+        position: String,
+        /// The value.
+        value: f32,
+    },
     /// A checkpoint that is not valid, with the file and what is wrong.
     #[error("{}: {reason}", path.display())]
     Checkpoint {

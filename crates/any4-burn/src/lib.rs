@@ -39,7 +39,7 @@ mod weight;
 pub use calib::{CALIBRATION_PROMPT, CalibrationStats, Calibrator, ChannelSums, Probe};
 pub use checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, LayerInfo, QuantizationConfig, SCHEMA_VERSION, bytes_to_f32,
-    save, write_atomically, write_file_atomically,
+    check_finite, save, write_atomically, write_file_atomically,
 };
 pub use error::{Error, Result};
 pub use linear::{

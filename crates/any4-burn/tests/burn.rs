@@ -513,6 +513,33 @@ fn checkpoint_errors_name_what_is_wrong() {
     });
     expect_checkpoint_error(&bad_cfg, "invalid quantization_config");
 
+    // A quantization_config that does not describe the tensors is refused at open, so what
+    // `config()` (and `any4 inspect`) reports is backed by the file.
+    let lying = dir.join("lying.safetensors");
+    rewrite(&good, &lying, "", |q| {
+        q.replacen("\"shape\":[256,128]", "\"shape\":[256,256]", 1)
+    });
+    let err = Checkpoint::open(&lying)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("layer `up`: tensor `up.qweight` is U32 [256, 16], expected U32 [256, 32]"),
+        "{err}"
+    );
+    let table = dir.join("table.safetensors");
+    rewrite(&good, &table, "", |q| {
+        q.replacen("\"table\":\"per-row\"", "\"table\":\"shared\"", 1)
+    });
+    let err = Checkpoint::open(&table)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("table `shared` does not match format any4"),
+        "{err}"
+    );
+
     let err = Checkpoint::open(&dir.join("nope.safetensors"))
         .map(|_| ())
         .unwrap_err();
@@ -563,6 +590,54 @@ fn failed_write_leaves_the_previous_checkpoint_intact() {
         .unwrap()
         .load_into(Mlp::new(2))
         .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Readers of a checkpoint that is being replaced (open, load, run, in a loop) always get the
+/// old model or the new one, never a mix or a torn file: saves rename a complete file over the
+/// old one and a reader's mapping keeps the file it opened.
+#[test]
+fn concurrent_readers_see_the_old_or_the_new_checkpoint() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = temp_dir("concurrent");
+    let file = dir.join("model.safetensors");
+    let (mut a, mut b) = (quantized_mlp(50), quantized_mlp(51));
+    let x = calib_input(3, 128, 52);
+    let (ya, yb) = (to_vec(a.forward(x.clone())), to_vec(b.forward(x)));
+    assert_ne!(ya, yb);
+    save(&mut a, &file).unwrap();
+    let done = AtomicBool::new(false);
+    let (seen_a, seen_b) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let (mut na, mut nb) = (0usize, 0usize);
+            while !done.load(Ordering::Acquire) || na + nb < 4 {
+                let m = Checkpoint::open(&file)
+                    .and_then(|c| c.load_into(Mlp::new(3)))
+                    .unwrap_or_else(|e| panic!("a reader saw a broken checkpoint: {e}"));
+                let y = to_vec(m.forward(calib_input(3, 128, 52)));
+                if y == ya {
+                    na += 1;
+                } else if y == yb {
+                    nb += 1;
+                } else {
+                    panic!("a reader saw neither the old nor the new model");
+                }
+            }
+            (na, nb)
+        });
+        for i in 0..12 {
+            save(if i % 2 == 0 { &mut b } else { &mut a }, &file).unwrap();
+        }
+        done.store(true, Ordering::Release);
+        reader.join().unwrap()
+    });
+    eprintln!("loads: {seen_a} old, {seen_b} new");
+    assert!(seen_a + seen_b >= 4, "{seen_a} + {seen_b} loads");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -2,16 +2,19 @@
 //! text and measure perplexity, on any Burn backend compiled in.
 //!
 //! Errors print one line (`any4: <file>: <what is wrong>`) to stderr and exit with status 1;
-//! usage errors exit with 2. Nothing panics with a backtrace: a panic hook turns an internal
-//! error into one line as well.
+//! usage errors exit with 2. Nothing panics with a backtrace: an internal error (a bug) is one
+//! line too, `any4: internal error: …`, with status 101. A closed stdout (`any4 inspect … | head -1`) ends the command
+//! quietly with status 0, as it would for any Unix filter.
 #![warn(missing_docs)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use any4_burn::{
-    CALIBRATION_PROMPT, Calibrator, Checkpoint, QuantizeConfig, quantize, quantize_sequential,
+    CALIBRATION_PROMPT, Calibrator, Checkpoint, QuantizeConfig, check_finite, quantize,
+    quantize_sequential,
 };
 use any4_core::{Any4Config, Format, GroupSize, ParamDtype, Scaling, Solver};
 use any4_llm::{
@@ -22,6 +25,68 @@ use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// stdout was closed by its reader: stop without an error message.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// One line on stdout; `println!` would panic on a closed pipe.
+fn emit(line: std::fmt::Arguments<'_>) -> AnyResult<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Box::new(StdoutClosed)),
+        Err(e) => Err(format!("stdout: {e}").into()),
+    }
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => { emit(format_args!($($arg)*))? };
+}
+
+/// A line on stderr; a closed stderr is ignored (`eprintln!` would panic).
+fn note(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Load a model and refuse NaN/Inf weights up front, naming the tensor: later they would only
+/// show as a NaN calibration statistic of another layer, or as garbage output.
+///
+/// Errors that do not name a file (an invalid config value, a tokenizer failure) get the
+/// model's path in front, so every line says which input is wrong.
+fn load_checked(path: &Path, device: &Device) -> AnyResult<(any4_llm::Llama, any4_llm::Tokenizer)> {
+    let (model, tokenizer) =
+        load_auto(path, device).map_err(|e| -> Box<dyn std::error::Error> {
+            let line = one_line(&e);
+            if line.contains(&path.display().to_string()) {
+                Box::new(e)
+            } else {
+                format!("{}: {line}", path.display()).into()
+            }
+        })?;
+    check_finite(&model).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((model, tokenizer))
+}
+
+/// Create the output folder and check a file can be written there before the (long) pass, so
+/// a bad `--out` fails in a second instead of after the quantization.
+fn prepare_out(dir: &Path) -> AnyResult<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("{}: cannot create the output folder: {e}", dir.display()))?;
+    let probe = dir.join(format!(".any4-write-probe.{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| format!("{}: the output folder is not writable: {e}", dir.display()))?;
+    Ok(())
+}
 
 #[derive(Parser)]
 #[command(
@@ -207,13 +272,14 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     for p in &a.skip {
         cfg = cfg.exclude(p)?;
     }
+    prepare_out(&a.out)?;
     let t = Instant::now();
-    let (mut model, tokenizer) = load_auto(&a.model, device)?;
-    eprintln!(
+    let (mut model, tokenizer) = load_checked(&a.model, device)?;
+    note(format_args!(
         "loaded {} in {:.1}s",
         a.model.display(),
         t.elapsed().as_secs_f64()
-    );
+    ));
     let text = match &a.calib_file {
         Some(f) => read_text(f)?,
         None => CALIBRATION_PROMPT.to_string(),
@@ -232,7 +298,7 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     };
     let qc = save_any4(&a.out, &mut model, &tokenizer)?;
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"model": a.model, "out": a.out, "format": a.format.to_string(),
                 "group_size": a.group_size.to_string(), "kmeans": a.kmeans.to_string(),
@@ -246,8 +312,8 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
         );
         return Ok(());
     }
-    println!("{}", report.to_string().lines().last().unwrap_or_default());
-    println!(
+    outln!("{}", report.to_string().lines().last().unwrap_or_default());
+    outln!(
         "calibration: {} tokens ({}), {} layers quantized, saved to {}",
         ids.len(),
         if a.sequential {
@@ -270,18 +336,18 @@ fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
     let ckpt = Checkpoint::open(&file)?;
     let cfg = ckpt.config();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(cfg)?);
+        outln!("{}", serde_json::to_string_pretty(cfg)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{} ({:.2} MB, {}, schema {})",
         file.display(),
         ckpt.file_bytes() as f64 / 1e6,
         cfg.tool_version,
         cfg.schema_version
     );
-    println!("| layer | shape | format | group | scaling | table | bits/weight |");
-    println!("|---|---|---|---|---|---|---|");
+    outln!("| layer | shape | format | group | scaling | table | bits/weight |");
+    outln!("|---|---|---|---|---|---|---|");
     let (mut weights, mut bits) = (0usize, 0.0f64);
     for (path, l) in &cfg.layers {
         let [n, k] = l.shape;
@@ -292,7 +358,7 @@ fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
             4.0 + (2.0 * (n * groups) as f64 + 16.0 * table_rows as f64) * pbits / (n * k) as f64;
         weights += n * k;
         bits += bpw * (n * k) as f64;
-        println!(
+        outln!(
             "| {path} | {n}×{k} | {} | {} | {:?} | {} | {bpw:.3} |",
             l.config.format(),
             l.config.group_size(),
@@ -300,7 +366,7 @@ fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
             l.table
         );
     }
-    println!(
+    outln!(
         "{} quantized layers, {:.2} M weights at {:.3} bits/weight; dense: {}",
         cfg.layers.len(),
         weights as f64 / 1e6,
@@ -315,7 +381,7 @@ fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
 }
 
 fn cmd_generate(a: GenerateArgs, device: &Device) -> AnyResult<()> {
-    let (model, tokenizer) = load_auto(&a.model, device)?;
+    let (model, tokenizer) = load_checked(&a.model, device)?;
     let sampling = if a.temperature <= 0.0 {
         Sampling::Greedy
     } else {
@@ -331,30 +397,32 @@ fn cmd_generate(a: GenerateArgs, device: &Device) -> AnyResult<()> {
         stop_tokens: tokenizer.eos_ids().to_vec(),
     };
     let prompt = tokenizer.encode(&a.prompt, true)?;
-    print!("{}", a.prompt);
+    let mut stdout = std::io::stdout();
+    let _ = write!(stdout, "{}", a.prompt);
     let mut out = Vec::new();
     let mut shown = 0;
     let r#gen = generate(&model, &prompt, &cfg, &mut |tok| {
         out.push(tok);
         if let Ok(text) = tokenizer.decode(&out, true) {
-            print!("{}", &text[shown.min(text.len())..]);
+            // `get`: a token may end inside a multi-byte character of the previous text.
+            let new = text.get(shown..).unwrap_or_default();
+            let _ = write!(stdout, "{new}").and_then(|()| stdout.flush());
             shown = text.len();
-            let _ = std::io::Write::flush(&mut std::io::stdout());
         }
     })?;
-    println!();
-    eprintln!(
+    outln!("");
+    note(format_args!(
         "{} tokens, {:.1} tokens/s (prefill {} tokens in {:.2}s)",
         r#gen.tokens.len(),
         r#gen.tokens_per_second,
         r#gen.prompt_tokens,
         r#gen.prefill_seconds
-    );
+    ));
     Ok(())
 }
 
 fn cmd_eval(a: EvalArgs, device: &Device) -> AnyResult<()> {
-    let (model, tokenizer) = load_auto(&a.model, device)?;
+    let (model, tokenizer) = load_checked(&a.model, device)?;
     let (text, source) = match (&a.text, a.dataset) {
         (_, Some(d)) => (d.read()?, d.name().to_string()),
         (Some(f), None) => (read_text(f)?, f.display().to_string()),
@@ -368,14 +436,14 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> AnyResult<()> {
     let t = Instant::now();
     let p = perplexity(&model, &tokenizer, &text, &cfg)?;
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"model": a.model, "text": source, "seq_len": a.seq_len, "ppl": p.ppl,
                 "nll": p.nll, "tokens": p.tokens, "windows": p.windows,
                 "seconds": t.elapsed().as_secs_f64()})
         );
     } else {
-        println!(
+        outln!(
             "perplexity {:.4} over {} tokens ({} windows of {}), {:.1}s",
             p.ppl,
             p.tokens,
@@ -402,6 +470,30 @@ fn one_line(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The message of the last panic, printed by `main` only if the panic reaches it: panics that
+/// a library catches and turns into an error (the tokenizers crate on some malformed files)
+/// must not print a second line.
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn run(cli: Cli) -> AnyResult<()> {
+    let device = cli.backend.device()?;
+    match cli.cmd {
+        Cmd::Quantize(a) => {
+            // A failed run leaves no empty output folder behind (one it did not create stays).
+            let created = !a.out.exists();
+            let out = a.out.clone();
+            cmd_quantize(a, &device).inspect_err(|_| {
+                if created {
+                    let _ = std::fs::remove_dir(&out);
+                }
+            })
+        }
+        Cmd::Inspect(a) => cmd_inspect(a),
+        Cmd::Generate(a) => cmd_generate(a, &device),
+        Cmd::Eval(a) => cmd_eval(a, &device),
+    }
+}
+
 fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -410,20 +502,28 @@ fn main() -> ExitCode {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("unknown panic");
-        eprintln!("any4: internal error: {msg}");
+        let at = info
+            .location()
+            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+            .unwrap_or_default();
+        *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{msg}{at}"));
     }));
     let cli = Cli::parse();
-    let result = cli.backend.device().and_then(|device| match cli.cmd {
-        Cmd::Quantize(a) => cmd_quantize(a, &device),
-        Cmd::Inspect(a) => cmd_inspect(a),
-        Cmd::Generate(a) => cmd_generate(a, &device),
-        Cmd::Eval(a) => cmd_eval(a, &device),
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("any4: {}", one_line(e.as_ref()));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) if e.is::<StdoutClosed>() => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            note(format_args!("any4: {}", one_line(e.as_ref())));
             ExitCode::FAILURE
+        }
+        Err(_) => {
+            let msg = LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take();
+            note(format_args!(
+                "any4: internal error: {}",
+                msg.as_deref().unwrap_or("unknown panic")
+            ));
+            // Rust's status for a panic, distinct from input errors (1) and usage errors (2).
+            ExitCode::from(101)
         }
     }
 }

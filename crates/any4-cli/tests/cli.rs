@@ -160,3 +160,446 @@ fn errors_are_one_line_with_a_nonzero_exit() {
         stderr(&o)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reliability: damaged input, unwritable output, killed writers (docs/RELIABILITY.md).
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("any4-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Tensors of a safetensors file as owned `(name, dtype, shape, bytes)`, sorted by name.
+type Owned = Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>;
+
+fn tensors_of(file: &Path) -> Owned {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Owned = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// A copy of the tiny Llama's HF folder at `dir`, its tensors edited by `edit`.
+fn hf_copy(dir: &Path, edit: impl FnOnce(&mut Owned)) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(tiny_llama().join(f), dir.join(f)).unwrap();
+    }
+    let mut tensors = tensors_of(&tiny_llama().join("model.safetensors"));
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            let view = safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+/// Set f32 element `index` of tensor `name` to `value`.
+fn poke(tensors: &mut Owned, name: &str, index: usize, value: f32) {
+    let t = tensors.iter_mut().find(|t| t.0 == name).unwrap();
+    t.3[4 * index..4 * index + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+/// An any4 checkpoint folder of the tiny Llama, quantized once per test run (int4, 8
+/// calibration tokens: ~2 s in a debug build) and copied by the tests that need one.
+fn any4_fixture() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        // Under target/tmp, one per test process; those of finished processes are removed.
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("any4-cli-fixture-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = root
+            .join(format!("any4-cli-fixture-{}", std::process::id()))
+            .join("int4");
+        let _ = std::fs::remove_dir_all(&dir);
+        let o = any4(&[
+            "quantize",
+            "--model",
+            tiny_llama().to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+            "--format",
+            "int4",
+            "--calib-tokens",
+            "8",
+        ]);
+        assert!(
+            o.status.success(),
+            "fixture quantize failed: {}",
+            stderr(&o)
+        );
+        dir
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Every class of bad input gives exit status 1 and one line naming the file and what is wrong.
+/// (Usage errors — unknown names, bad group sizes — are clap's, status 2: see above and below.)
+#[test]
+fn damaged_inputs_fail_with_one_line_naming_the_file() {
+    let d = scratch("damaged");
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+    let text = tiny_llama().join("heldout.txt");
+    let text = text.to_str().unwrap();
+    let eval = |model: &str| {
+        any4(&[
+            "eval",
+            "--model",
+            model,
+            "--text",
+            text,
+            "--max-windows",
+            "1",
+        ])
+    };
+    let ckpt = std::fs::read(any4_fixture().join("model.safetensors")).unwrap();
+
+    // Missing files.
+    let o = any4(&["inspect", &p("absent.safetensors")]);
+    assert_one_line_error(&o, "absent.safetensors: No such file or directory");
+    let o = any4(&[
+        "eval",
+        "--model",
+        tiny_llama().to_str().unwrap(),
+        "--text",
+        &p("no.txt"),
+    ]);
+    assert_one_line_error(&o, "no.txt: No such file or directory");
+    let o = any4(&["quantize", "--model", &p("no-model"), "--out", &p("o")]);
+    assert_one_line_error(&o, "no-model: no such file or folder");
+    assert!(
+        !d.join("o").exists(),
+        "a failed quantize left its output folder"
+    );
+
+    // Empty files.
+    std::fs::write(d.join("empty.safetensors"), b"").unwrap();
+    assert_one_line_error(
+        &any4(&["inspect", &p("empty.safetensors")]),
+        "empty.safetensors: not a valid safetensors file",
+    );
+    hf_copy(&d.join("empty-config"), |_| {});
+    std::fs::write(d.join("empty-config/config.json"), b"").unwrap();
+    assert_one_line_error(&eval(&p("empty-config")), "empty-config/config.json: EOF");
+    hf_copy(&d.join("empty-tok"), |_| {});
+    std::fs::write(d.join("empty-tok/tokenizer.json"), b"").unwrap();
+    assert_one_line_error(&eval(&p("empty-tok")), "empty-tok/tokenizer.json");
+    hf_copy(&d.join("empty-weights"), |_| {});
+    std::fs::write(d.join("empty-weights/model.safetensors"), b"").unwrap();
+    assert_one_line_error(
+        &eval(&p("empty-weights")),
+        "empty-weights/model.safetensors",
+    );
+
+    // Truncated files.
+    std::fs::write(d.join("cut.safetensors"), &ckpt[..ckpt.len() / 2]).unwrap();
+    assert_one_line_error(
+        &any4(&["inspect", &p("cut.safetensors")]),
+        "cut.safetensors:",
+    );
+    hf_copy(&d.join("cut-hf"), |_| {});
+    let w = std::fs::read(d.join("cut-hf/model.safetensors")).unwrap();
+    std::fs::write(d.join("cut-hf/model.safetensors"), &w[..w.len() - 1000]).unwrap();
+    assert_one_line_error(&eval(&p("cut-hf")), "cut-hf/model.safetensors");
+    std::fs::write(d.join("cut.gguf"), b"GGUF\x03\x00\x00\x00\x01").unwrap();
+    assert_one_line_error(&eval(&p("cut.gguf")), "cut.gguf: truncated");
+    let cfg = std::fs::read(tiny_llama().join("config.json")).unwrap();
+    hf_copy(&d.join("cut-config"), |_| {});
+    std::fs::write(d.join("cut-config/config.json"), &cfg[..cfg.len() / 2]).unwrap();
+    assert_one_line_error(&eval(&p("cut-config")), "cut-config/config.json: EOF");
+
+    // A tokenizer.json the tokenizers crate panics on (fuzz finding): still one line, status 1.
+    hf_copy(&d.join("tok-panic"), |_| {});
+    let fixture = "../any4-llm/tests/fixtures/fuzz/tokenizer-decoder-panic.json";
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture),
+        d.join("tok-panic/tokenizer.json"),
+    )
+    .unwrap();
+    assert_one_line_error(
+        &eval(&p("tok-panic")),
+        "tok-panic/tokenizer.json: the tokenizers library failed on this input",
+    );
+
+    // Wrong magic / not the expected kind of file.
+    std::fs::write(d.join("magic.gguf"), b"GGUX\x03\x00\x00\x00").unwrap();
+    assert_one_line_error(&eval(&p("magic.gguf")), "magic.gguf: not a GGUF file");
+    assert_one_line_error(
+        &any4(&["inspect", &p("magic.gguf")]),
+        "magic.gguf: not a valid",
+    );
+    std::fs::create_dir_all(d.join("dir.safetensors")).unwrap();
+    // A folder is read as an any4 folder: its checkpoint file is named.
+    assert_one_line_error(
+        &any4(&["inspect", &p("dir.safetensors")]),
+        "dir.safetensors/model.safetensors: No such file",
+    );
+
+    // Wrong dtype, wrong shape.
+    hf_copy(&d.join("dtype"), |t| {
+        t.iter_mut().find(|t| t.0 == "model.norm.weight").unwrap().1 = safetensors::Dtype::I32;
+    });
+    assert_one_line_error(
+        &eval(&p("dtype")),
+        "`model.norm.weight` has unsupported dtype I32",
+    );
+    hf_copy(&d.join("shape"), |t| {
+        let up = t
+            .iter_mut()
+            .find(|t| t.0 == "model.layers.0.mlp.up_proj.weight")
+            .unwrap();
+        up.2.reverse();
+    });
+    assert_one_line_error(
+        &eval(&p("shape")),
+        "`model.layers.0.mlp.up_proj.weight` has shape [128, 384], expected [384, 128]",
+    );
+    // An any4 folder whose config.json describes another model than its checkpoint.
+    copy_dir(any4_fixture(), &d.join("other-config"));
+    let wider = String::from_utf8(cfg.clone())
+        .unwrap()
+        .replace("\"intermediate_size\": 384", "\"intermediate_size\": 512");
+    std::fs::write(d.join("other-config/config.json"), wider).unwrap();
+    assert_one_line_error(&eval(&p("other-config")), "other-config");
+
+    // Invalid config values and unsupported architectures.
+    hf_copy(&d.join("heads"), |_| {});
+    let zero_heads = String::from_utf8(cfg.clone())
+        .unwrap()
+        .replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 0");
+    std::fs::write(d.join("heads/config.json"), zero_heads).unwrap();
+    assert_one_line_error(
+        &eval(&p("heads")),
+        "heads: invalid config: head counts must be positive",
+    );
+    hf_copy(&d.join("arch"), |_| {});
+    let gpt2 = String::from_utf8(cfg.clone())
+        .unwrap()
+        .replace("LlamaForCausalLM", "GPT2LMHeadModel");
+    std::fs::write(d.join("arch/config.json"), gpt2).unwrap();
+    assert_one_line_error(&eval(&p("arch")), "unsupported model `GPT2LMHeadModel`");
+
+    // NaN / Inf weights: refused before calibration, naming the tensor; nothing is written.
+    hf_copy(&d.join("nan"), |t| {
+        poke(
+            t,
+            "model.layers.2.mlp.up_proj.weight",
+            5 * 128 + 7,
+            f32::NAN,
+        )
+    });
+    let o = any4(&["quantize", "--model", &p("nan"), "--out", &p("nan-out")]);
+    assert_one_line_error(
+        &o,
+        "tensor `layers.2.mlp.up_proj.weight` has a non-finite value (NaN) at row 5, column 7",
+    );
+    assert!(!d.join("nan-out").exists());
+    hf_copy(&d.join("inf"), |t| {
+        poke(t, "model.embed_tokens.weight", 130, f32::INFINITY)
+    });
+    let o = any4(&[
+        "quantize",
+        "--model",
+        &p("inf"),
+        "--out",
+        &p("inf-out"),
+        "--format",
+        "int4",
+    ]);
+    assert_one_line_error(
+        &o,
+        "`embed_tokens.weight` has a non-finite value (inf) at row 1, column 2",
+    );
+    assert_one_line_error(&eval(&p("inf")), "inf: tensor `embed_tokens.weight`");
+
+    // An unwritable output folder. Tests run as root, for whom a read-only mode does not stop
+    // writes, so the honest stand-in is a path that cannot be a folder: its parent is a file.
+    std::fs::write(d.join("file"), b"x").unwrap();
+    let o = any4(&[
+        "quantize",
+        "--model",
+        tiny_llama().to_str().unwrap(),
+        "--out",
+        &p("file/out"),
+    ]);
+    assert_one_line_error(
+        &o,
+        "file/out: cannot create the output folder: Not a directory",
+    );
+
+    // A backend that is not compiled in.
+    let o = any4(&["inspect", &p("x"), "--backend", "cuda"]);
+    assert_one_line_error(&o, "backend `cuda` is not compiled in");
+
+    // More usage errors: unknown names and sizes are refused by the parser (status 2).
+    for (flag, value, needle) in [
+        ("--dtype", "f8", "unknown dtype `f8`"),
+        ("--kmeans", "kmedoids", "unknown k-means solver `kmedoids`"),
+        ("--group-size", "0", "unsupported group size 0"),
+        ("--group-size", "many", "many"),
+    ] {
+        let o = any4(&["quantize", "--model", "m", "--out", "o", flag, value]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(needle),
+            "{flag} {value}: {}",
+            stderr(&o)
+        );
+    }
+    let o = any4(&["eval", "--model", "m", "--dataset", "wikitext9"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown dataset `wikitext9`"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// `any4 inspect … | head -1`: a reader that closes the pipe is not a crash.
+#[test]
+fn closed_stdout_ends_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_any4"))
+        .args(["inspect", any4_fixture().to_str().unwrap()])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+}
+
+/// `quantize` SIGKILLed at several points, onto a folder holding a checkpoint: afterwards the
+/// folder's checkpoint is the old one byte for byte, or a complete new one, and the folder
+/// loads; the temporaries a killed writer leaves are never read, and the next save removes them.
+#[test]
+fn killed_quantize_leaves_a_loadable_checkpoint() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let dir = scratch("kill").join("out");
+    copy_dir(any4_fixture(), &dir);
+    let old = std::fs::read(dir.join("model.safetensors")).unwrap();
+    // The new checkpoint differs: nf4, MLPs left dense.
+    let model = tiny_llama();
+    let args = [
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+        "--format",
+        "nf4",
+        "--calib-tokens",
+        "2",
+        "--skip",
+        "*mlp*",
+    ];
+    let temporaries = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect()
+    };
+    // (wait for a temporary file first?, then wait this long); None = let it finish.
+    // A kill at once (before any write: the old checkpoint must stay), one during loading or
+    // calibration, two while the files are being written, and a run to the end.
+    let plan = [
+        (false, Some(0)),
+        (false, Some(300)),
+        (true, Some(0)),
+        (true, Some(40)),
+        (true, None),
+    ];
+    let (mut mid_write, mut saw_old, mut saw_new) = (0, 0, 0);
+    for (wait_for_tmp, delay_ms) in plan {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_any4"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // This child's temporaries (`.<file>.<pid>.<n>.tmp`); earlier kills left their own.
+        let tag = format!(".{}.", child.id());
+        let writing = |dir: &Path| temporaries(dir).iter().any(|t| t.contains(&tag));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        if wait_for_tmp {
+            while !writing(&dir) && child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "quantize never started writing");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        match delay_ms {
+            Some(ms) => {
+                std::thread::sleep(Duration::from_millis(ms));
+                let _ = child.kill(); // SIGKILL; an error means it had already exited
+                let _ = child.wait();
+                mid_write += usize::from(writing(&dir));
+            }
+            None => {
+                assert!(child.wait().unwrap().success());
+                assert_eq!(
+                    temporaries(&dir),
+                    Vec::<String>::new(),
+                    "stale temporaries kept"
+                );
+            }
+        }
+        let now = std::fs::read(dir.join("model.safetensors")).unwrap();
+        if now == old {
+            saw_old += 1;
+        } else {
+            let ckpt = any4_burn::Checkpoint::open(&dir.join("model.safetensors")).unwrap();
+            let formats: Vec<String> = ckpt
+                .config()
+                .layers
+                .values()
+                .map(|l| l.config.format().to_string())
+                .collect();
+            assert!(
+                formats.len() == 24 && formats.iter().all(|f| f == "nf4"),
+                "{formats:?}"
+            );
+            saw_new += 1;
+        }
+        any4_llm::load_auto(&dir, &burn::tensor::Device::flex())
+            .unwrap_or_else(|e| panic!("folder does not load after kill ({delay_ms:?} ms): {e}"));
+    }
+    eprintln!(
+        "{mid_write} kills left a temporary file; checkpoint after: old {saw_old}, new {saw_new}"
+    );
+    assert!(
+        mid_write >= 1,
+        "no kill landed while a temporary file existed"
+    );
+    assert!(saw_old >= 1 && saw_new >= 1, "old {saw_old}, new {saw_new}");
+    std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+}

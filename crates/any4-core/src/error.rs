@@ -74,7 +74,7 @@ pub enum Any4Error {
         levels: usize,
     },
     /// A scale, zero or table entry that is not finite or (for scales) not positive.
-    #[error("{what} at row {row}, index {index} is invalid ({value})")]
+    #[error("{what} at row {row}, index {index} is invalid ({value}){}", overflow_hint(.value))]
     InvalidParameter {
         /// "scale", "zero" or "table".
         what: &'static str,
@@ -87,5 +87,40 @@ pub enum Any4Error {
     },
 }
 
+/// An infinite scale or zero from finite weights means the group's range overflowed the
+/// parameter dtype (f16 stops at 65504): say how to fix it.
+fn overflow_hint(value: &f32) -> &'static str {
+    if value.is_infinite() {
+        "; when quantizing, the weights' range is too wide for the parameter dtype: use bf16 or f32"
+    } else {
+        ""
+    }
+}
+
 /// Result alias for `any4-core`.
 pub type Result<T, E = Any4Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An overflowed scale says which dtypes fix it; other invalid values stay terse.
+    #[test]
+    fn infinite_parameters_carry_a_hint() {
+        let at = |value| Any4Error::InvalidParameter {
+            what: "scale",
+            row: 2,
+            index: 1,
+            value,
+        };
+        assert_eq!(
+            at(f32::INFINITY).to_string(),
+            "scale at row 2, index 1 is invalid (inf); when quantizing, the weights' range is too \
+             wide for the parameter dtype: use bf16 or f32"
+        );
+        assert_eq!(
+            at(f32::NAN).to_string(),
+            "scale at row 2, index 1 is invalid (NaN)"
+        );
+    }
+}
