@@ -254,6 +254,7 @@ impl LlamaConfig {
         if self.num_attention_heads == 0 || self.kv_heads() == 0 {
             return bad("head counts must be positive".into());
         }
+        self.check_sizes()?;
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
@@ -281,6 +282,55 @@ impl LlamaConfig {
         }
         self.moe()?;
         self.rope().map(|_| ())
+    }
+
+    /// Refuse sizes far beyond any released model before anything is allocated from them: a
+    /// hostile or corrupt `config.json` or GGUF header must not abort the process on allocation
+    /// or overflow a product (fuzz findings F2–F5, docs/RELIABILITY.md).
+    fn check_sizes(&self) -> Result<()> {
+        const MAX_WIDTH: usize = 1 << 20;
+        const MAX_VOCAB: usize = 1 << 22;
+        const MAX_LAYERS: usize = 1 << 12;
+        const MAX_HEADS: usize = 1 << 12;
+        const MAX_HEAD_DIM: usize = 1 << 12;
+        const MAX_EXPERTS: usize = 1 << 12;
+        const MAX_PARAMS: u128 = 1 << 41;
+        let experts = self.num_local_experts.unwrap_or(1);
+        for (name, value, max) in [
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            (
+                "num_hidden_layers (GGUF block_count)",
+                self.num_hidden_layers,
+                MAX_LAYERS,
+            ),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", self.kv_heads(), MAX_HEADS),
+            ("head_dim", self.head_dim(), MAX_HEAD_DIM),
+            ("num_local_experts", experts, MAX_EXPERTS),
+        ] {
+            if value > max {
+                return Err(Error::Config(format!(
+                    "{name} {value} exceeds the supported maximum {max}"
+                )));
+            }
+        }
+        // Every factor is bounded above, so the u128 products cannot overflow.
+        let (d, f, hd) = (
+            self.hidden_size as u128,
+            self.intermediate_size as u128,
+            self.head_dim() as u128,
+        );
+        let attn = d * hd * (2 * self.num_attention_heads as u128 + 2 * self.kv_heads() as u128);
+        let per_layer = attn + 3 * d * f * experts as u128;
+        let params = self.num_hidden_layers as u128 * per_layer + 2 * d * self.vocab_size as u128;
+        if params > MAX_PARAMS {
+            return Err(Error::Config(format!(
+                "the config implies {params} parameters, beyond the supported {MAX_PARAMS}"
+            )));
+        }
+        Ok(())
     }
 
     /// The expert counts of a Mixtral config (HF defaults where omitted), validated; `None` for

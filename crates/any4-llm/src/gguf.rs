@@ -827,11 +827,9 @@ mod tests {
 
     /// Fuzz finding F2 (docs/RELIABILITY.md): a 6 KB GGUF whose `llama.block_count` is 2^24
     /// makes `load_gguf` run out of memory (model construction allocates per declared block:
-    /// `hf_tensor_shapes` in auto.rs's debug assertion, `Vec::with_capacity` in model.rs). The
-    /// fix belongs in config validation / the loader (files of other owners); run with
-    /// `--ignored` once it is in.
+    /// `hf_tensor_shapes` in auto.rs's debug assertion, `Vec::with_capacity` in model.rs); the
+    /// size bounds of `LlamaConfig::validate` now refuse it before any allocation.
     #[test]
-    #[ignore = "known issue F2: needs a bound on block_count outside this module"]
     fn block_count_beyond_the_file_is_refused() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/fuzz/gguf-block-count-oom.gguf");
@@ -848,10 +846,8 @@ mod tests {
     /// 531566 Mixtral layers (the tensor list alone exceeds 2 GB) and a `hidden_size` of
     /// 644294967296 (`inv_freq` allocates 322 GB for the implied head width); the third
     /// declares `head_dim` 2^62, so `heads × head_dim` overflows (a panic in debug builds,
-    /// model.rs). The fix belongs in config.rs (bounds and checked products); run with
-    /// `--ignored` then.
+    /// model.rs). Refused by the size bounds of `LlamaConfig::validate`.
     #[test]
-    #[ignore = "known issues F3-F5: needs size bounds in LlamaConfig::validate (config.rs)"]
     fn configs_declaring_absurd_sizes_are_refused() {
         for name in [
             "config-layers-oom.json",
