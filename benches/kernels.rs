@@ -1,12 +1,15 @@
 //! any4 matmul vs the dense matmul of the same backend and dtype, measured in the same run.
 //!
-//! `cargo xtask bench kernels [--backend flex|cpu|wgpu|cuda] [--sizes 1024,4096] [--batch 1,16]
-//! [--repeats N] [--json FILE]` (or `cargo bench --bench kernels --features <backend> -- ...`).
+//! `cargo xtask bench kernels [--backend flex|cpu|wgpu|cuda] [--sizes 1024,4096]
+//! [--shapes 16384x8192] [--batch 1,16] [--repeats N] [--json FILE]` (or `cargo bench --bench
+//! kernels --features <backend> -- ...`).
 //!
-//! For every square size `K = N` and batch `M`: random any4 weights (per-row learned-style tables,
+//! For every square size `K = N` (and every `N×K` shape) and batch `M`: random any4 weights (per-row learned-style tables,
 //! per-group scales: kernel speed does not depend on the values) through `QLinear`'s any4 path,
 //! against `x.matmul(W)` with a dense f32 `W` as `nn::Linear` does. Each timed call is synced
-//! (its output read back) and the median of the repeats is reported.
+//! (its output read back) and the median of the repeats is reported. Before timing, both outputs
+//! are compared (the dense `W` is the dequantized any4 weight): a timing of a call that did not
+//! compute the product is worthless, so a mismatch fails the run.
 //!
 //! Cache honesty: both sides rotate over enough weight copies (> 128 MB each, 4× this CPU's L3
 //! and 2× a data-centre GPU's L2) that every timed call streams its weights from memory, as real
@@ -28,7 +31,8 @@ const MAX_COPY_BYTES: usize = 3 << 30;
 
 struct Args {
     backend: String,
-    sizes: Vec<usize>,
+    /// `(n, k)` weight shapes: every `--sizes` square, then every `--shapes N×K`.
+    shapes: Vec<(usize, usize)>,
     batches: Vec<usize>,
     repeats: usize,
     json: Option<PathBuf>,
@@ -44,10 +48,29 @@ fn parse_list(s: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
+/// `16384x8192,4096x11008` → `[(16384, 8192), (4096, 11008)]` (N × K).
+fn parse_shapes(s: &str) -> Result<Vec<(usize, usize)>, String> {
+    s.split(',')
+        .map(|v| {
+            let (n, k) = v
+                .split_once(['x', '×'])
+                .ok_or_else(|| format!("shape `{v}` is not N×K (e.g. 16384x8192)"))?;
+            let num = |t: &str| {
+                t.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("not a number: `{t}`"))
+            };
+            Ok((num(n)?, num(k)?))
+        })
+        .collect()
+}
+
 fn parse_args() -> Result<Args, String> {
+    let mut sizes = None;
+    let mut shapes = Vec::new();
     let mut a = Args {
         backend: "flex".into(),
-        sizes: vec![1024, 4096],
+        shapes: Vec::new(),
         batches: vec![1, 4, 16, 64],
         repeats: 15,
         json: None,
@@ -57,13 +80,32 @@ fn parse_args() -> Result<Args, String> {
         let mut val = || it.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--backend" => a.backend = val()?,
-            "--sizes" => a.sizes = parse_list(&val()?)?,
+            "--sizes" => sizes = Some(parse_list(&val()?)?),
+            "--shapes" => shapes = parse_shapes(&val()?)?,
             "--batch" => a.batches = parse_list(&val()?)?,
             "--repeats" => a.repeats = val()?.parse().map_err(|_| "--repeats needs a number")?,
             "--json" => a.json = Some(val()?.into()),
             "--bench" => {} // passed by `cargo bench`
             other => return Err(format!("unknown argument `{other}`")),
         }
+    }
+    let sizes = match sizes {
+        Some(s) => s,
+        None if shapes.is_empty() => vec![1024, 4096],
+        None => Vec::new(),
+    };
+    a.shapes = sizes.into_iter().map(|s| (s, s)).chain(shapes).collect();
+    if let Some(&(n, k)) = a
+        .shapes
+        .iter()
+        .find(|&&(n, k)| n == 0 || k == 0 || k % 8 != 0)
+    {
+        return Err(format!(
+            "shape {n}×{k}: N and K must be positive, K a multiple of 8"
+        ));
+    }
+    if a.repeats == 0 || a.batches.contains(&0) {
+        return Err("--repeats and every --batch must be at least 1".into());
     }
     Ok(a)
 }
@@ -131,11 +173,39 @@ fn median_us(repeats: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-/// Read the output back: forces the backend to finish the call.
+/// Read the output back and touch every value: forces the backend to finish the call.
+///
+/// Touching matters: on the Cube backends `into_data` returns lazily-read bytes, and a result
+/// dropped unread was measured at 30 µs for a 4096² matvec that takes 280 ms on lavapipe when
+/// its values are read (the 2026-11-29 wgpu table before this fix was such an artefact).
 fn sync(y: Tensor<2>) {
-    // The whole output: reading one element let lazy (fusion) backends skip most of the work.
-    let _ = y.into_data();
+    let values = y.into_data().try_to_vec::<f32>().unwrap_or_default();
+    std::hint::black_box(values.iter().sum::<f32>());
 }
+
+/// `max |a − b| / max |a|` over two outputs of the same shape.
+fn rel_diff(a: Tensor<2>, b: Tensor<2>) -> f64 {
+    let to_vec = |t: Tensor<2>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default()
+    };
+    let (a, b) = (to_vec(a), to_vec(b));
+    if a.len() != b.len() || a.is_empty() {
+        return f64::INFINITY;
+    }
+    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64));
+    if scale > 0.0 { diff / scale } else { diff }
+}
+
+/// Largest accepted [`rel_diff`] between the dense and the any4 output: f32 accumulation in
+/// different orders (and int8 activations on the CPU decode path) stay well below it.
+const MAX_REL_DIFF: f64 = 2e-2;
 
 struct Record {
     m: usize,
@@ -144,6 +214,7 @@ struct Record {
     dense_us: f64,
     any4_us: f64,
     cold: bool,
+    rel_diff: f64,
 }
 
 fn main() {
@@ -162,9 +233,8 @@ fn main() {
         }
     };
     let mut records = Vec::new();
-    for &s in &args.sizes {
-        let (n, k) = (s, s);
-        let q = random_any4(n, k, s as u64);
+    for &(n, k) in &args.shapes {
+        let q = random_any4(n, k, (n * 31 + k) as u64);
         let (qa, cold_a) = copies(n * k / 2);
         let (qd, cold_d) = copies(n * k * 4);
         let any4: Vec<Any4Linear> = (0..qa)
@@ -181,6 +251,10 @@ fn main() {
             let mut r = SplitMix64::new(7);
             let xv: Vec<f32> = (0..m * k).map(|_| r.next_gaussian() as f32).collect();
             let x = Tensor::<2>::from_data(TensorData::new(xv, [m, k]), &dev);
+            let rel_diff = rel_diff(
+                x.clone().matmul(dense[0].clone()),
+                any4[0].forward(x.clone()),
+            );
             let mut i = 0;
             let dense_us = median_us(args.repeats, || {
                 i = (i + 1) % dense.len();
@@ -197,10 +271,10 @@ fn main() {
                 dense_us,
                 any4_us,
                 cold: cold_a && cold_d,
+                rel_diff,
             });
             eprintln!(
-                "  {}x{} m={m}: dense {dense_us:.0} µs, any4 {any4_us:.0} µs",
-                n, k
+                "  {n}x{k} m={m}: dense {dense_us:.0} µs, any4 {any4_us:.0} µs, output rel. diff {rel_diff:.1e}"
             );
         }
     }
@@ -213,14 +287,15 @@ fn main() {
     );
     let _ = writeln!(
         table,
-        "| M | K = N | dense µs | any4 µs | speed-up | weights from memory |"
+        "| M | N × K | dense µs | any4 µs | speed-up | weights from memory | output rel. diff |"
     );
-    let _ = writeln!(table, "|---|---|---|---|---|---|");
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|");
     for r in &records {
         let _ = writeln!(
             table,
-            "| {} | {} | {:.0} | {:.0} | {:.2}× | {} |",
+            "| {} | {} × {} | {:.0} | {:.0} | {:.2}× | {} | {:.1e} |",
             r.m,
+            r.n,
             r.k,
             r.dense_us,
             r.any4_us,
@@ -229,7 +304,8 @@ fn main() {
                 "yes"
             } else {
                 "partly (copies limited by RAM)"
-            }
+            },
+            r.rel_diff
         );
     }
     println!("{table}");
@@ -239,7 +315,8 @@ fn main() {
             .map(|r| {
                 serde_json::json!({"backend": args.backend, "device": device_name, "dtype": "f32",
                     "format": "any4", "m": r.m, "k": r.k, "n": r.n, "dense_us": r.dense_us,
-                    "any4_us": r.any4_us, "speedup": r.dense_us / r.any4_us, "weights_from_memory": r.cold})
+                    "any4_us": r.any4_us, "speedup": r.dense_us / r.any4_us, "weights_from_memory": r.cold,
+                    "output_rel_diff": r.rel_diff})
             })
             .collect();
         let text = serde_json::to_string_pretty(&json).expect("json");
@@ -252,5 +329,12 @@ fn main() {
             eprintln!("bench kernels: cannot write {}: {e}", md.display());
             std::process::exit(1);
         }
+    }
+    if let Some(r) = records.iter().find(|r| !(r.rel_diff <= MAX_REL_DIFF)) {
+        eprintln!(
+            "bench kernels: dense and any4 outputs differ ({:.1e} > {MAX_REL_DIFF:.0e}) at M = {}, {}×{}: the timings above are not trustworthy",
+            r.rel_diff, r.m, r.n, r.k
+        );
+        std::process::exit(1);
     }
 }
