@@ -75,9 +75,7 @@ impl QuantizedView<'_> {
         let words = self.row_codes(row);
         let full = q.blocks * BLOCK;
         for (i, yi) in y.iter_mut().enumerate() {
-            let xq = &q.q[i * full..(i + 1) * full];
-            let xd = &q.d[i * q.blocks..(i + 1) * q.blocks];
-            let mut acc = self.row_q8(row, &t8, xq, xd);
+            let mut acc = self.row_q8(row, &t8, q, i);
             for g in 0..groups {
                 acc += (zeros[g] + scales[g] * t8.mid) * xsum[i * groups + g];
             }

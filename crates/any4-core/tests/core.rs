@@ -142,7 +142,7 @@ proptest! {
         cols in 16usize..400,
         m in prop::sample::select(vec![1usize, 2, 5]),
         fi in 0usize..6,
-        g in prop::sample::select(vec![32usize, 128, 0]),
+        g in prop::sample::select(vec![32usize, 64, 128, 0]),
         seed in any::<u64>(),
     ) {
         let group = if g == 0 { GroupSize::PER_ROW } else { GroupSize::new(g).unwrap() };
