@@ -33,6 +33,25 @@ struct ModelSpec {
     /// Evaluation texts: (column name, `--dataset` name or a file path).
     texts: &'static [(&'static str, Text)],
     fetch: Option<&'static str>,
+    /// Built by the report itself (into `path`) before its first measurement.
+    derive: Option<Derive>,
+    /// Run when `--models` is not given.
+    default: bool,
+    /// Formats measured besides the baseline (`None`: every setting of [`settings`]).
+    only: Option<&'static [Setting0]>,
+}
+
+/// `(format, kmeans, calibration)` of a [`Setting`], as a constant.
+type Setting0 = (&'static str, Option<&'static str>, &'static str);
+
+/// A model made from another by quantizing it (`any4 quantize`) and dequantizing the result
+/// (`any4 dequantize`): the same network with every linear weight rounded onto a lattice.
+struct Derive {
+    /// The source model.
+    from: &'static str,
+    /// `--format` and `--group-size` of the rounding.
+    format: &'static str,
+    group: &'static str,
 }
 
 /// Where an evaluation text comes from.
@@ -164,6 +183,13 @@ impl Record {
     }
 }
 
+/// The tiny model's texts. Botchan is 95% of its training text: its own held-out split
+/// replaces it.
+const TINY_TEXTS: &[(&str, Text)] = &[
+    ("ptb", Text::Dataset("ptb")),
+    ("held-out", Text::File("models/tiny-llama/heldout.txt")),
+];
+
 fn models(smollm2_windows: Option<usize>) -> Vec<ModelSpec> {
     vec![
         ModelSpec {
@@ -173,12 +199,11 @@ fn models(smollm2_windows: Option<usize>) -> Vec<ModelSpec> {
             // seen, so longer windows measure extrapolation, not the format.
             seq_len: 256,
             windows: None,
-            // Botchan is 95% of its training text: its own held-out split replaces it.
-            texts: &[
-                ("ptb", Text::Dataset("ptb")),
-                ("held-out", Text::File("models/tiny-llama/heldout.txt")),
-            ],
+            texts: TINY_TEXTS,
             fetch: None,
+            derive: None,
+            default: true,
+            only: None,
         },
         ModelSpec {
             name: "smollm2-135m",
@@ -190,11 +215,97 @@ fn models(smollm2_windows: Option<usize>) -> Vec<ModelSpec> {
                 ("botchan", Text::Dataset("botchan")),
             ],
             fetch: Some("smollm2"),
+            derive: None,
+            default: true,
+            only: None,
+        },
+        // The SmolLM2 question on a model we trained in f32: the tiny model with every linear
+        // first rounded to a Q4_1-like lattice (int4 = asymmetric min/max, scale = (max − min)/15
+        // and zero = min in f16, per block of 32), then requantized like the others. ~8 minutes
+        // on 2 cores, so only with `--models tiny-llama-q41`.
+        ModelSpec {
+            name: "tiny-llama-q41",
+            path: "target/report-tmp/tiny-llama-q41",
+            seq_len: 256,
+            windows: None,
+            texts: TINY_TEXTS,
+            fetch: None,
+            derive: Some(Derive {
+                from: "models/tiny-llama",
+                format: "int4",
+                group: "32",
+            }),
+            default: false,
+            only: Some(&[
+                ("int4", None, "one-shot"),
+                ("fp4", None, "one-shot"),
+                ("nf4", None, "one-shot"),
+                ("any4", Some("lloyd"), "one-shot"),
+                ("any4", Some("exact"), "one-shot"),
+            ]),
         },
     ]
 }
 
-/// `report accuracy [--models tiny-llama,smollm2-135m] [--windows N|all] [--fresh] [--render]`.
+impl ModelSpec {
+    /// The settings measured on this model, in table order (the baseline first).
+    fn settings(&self) -> Vec<Setting> {
+        settings()
+            .into_iter()
+            .filter(|s| {
+                s.format == "dense"
+                    || self.only.is_none_or(|o| {
+                        o.iter().any(|&(f, k, c)| {
+                            s.format == f
+                                && s.kmeans.as_deref() == k
+                                && s.calibration.as_deref() == Some(c)
+                        })
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Build a derived model into `spec.path`: `any4 quantize` into a scratch folder, then
+/// `any4 dequantize` from it. Rebuilt on every run that measures something (a second or so),
+/// so a stale folder from another commit is never measured.
+fn derive_model(spec: &ModelSpec, d: &Derive) -> Result<()> {
+    let s = |x: &str| x.to_string();
+    let lattice = format!("{}-{}-g{}", spec.path, d.format, d.group);
+    let q = any4_json(&[
+        s("quantize"),
+        s("--model"),
+        s(d.from),
+        s("--out"),
+        lattice.clone(),
+        s("--format"),
+        s(d.format),
+        s("--group-size"),
+        s(d.group),
+        s("--json"),
+    ])?;
+    any4_json(&[
+        s("dequantize"),
+        s("--model"),
+        lattice.clone(),
+        s("--out"),
+        s(spec.path),
+        s("--json"),
+    ])?;
+    let _ = fs::remove_dir_all(&lattice);
+    eprintln!(
+        "report: {} = {} rounded to {} group {} (rel. MSE {:.3e}) and dequantized",
+        spec.name,
+        d.from,
+        d.format,
+        d.group,
+        q["rel_mse"].as_f64().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
+/// `report accuracy [--models tiny-llama,smollm2-135m,tiny-llama-q41] [--windows N|all] [--fresh]
+/// [--render]`; without `--models`, the models marked `default`.
 pub fn accuracy(args: &[String]) -> Result<()> {
     let mut only: Option<Vec<String>> = None;
     let mut windows = Some(4);
@@ -225,21 +336,16 @@ pub fn accuracy(args: &[String]) -> Result<()> {
         build_cli()?;
         let commit = git_commit();
         for spec in models(windows) {
-            if only
-                .as_ref()
-                .is_some_and(|o| !o.iter().any(|n| n == spec.name))
-            {
+            let selected = match &only {
+                Some(o) => o.iter().any(|n| n == spec.name),
+                None => spec.default,
+            };
+            if !selected {
                 continue;
             }
-            if !Path::new(spec.path).exists() {
-                return Err(format!(
-                    "{}: not found (run `cargo xtask fetch {}`)",
-                    spec.path,
-                    spec.fetch.unwrap_or("?")
-                ));
-            }
+            let mut todo = Vec::new();
             for group in ["128", "per-row"] {
-                for setting in settings() {
+                for setting in spec.settings() {
                     let group = if setting.format == "dense" {
                         "-"
                     } else {
@@ -259,22 +365,40 @@ pub fn accuracy(args: &[String]) -> Result<()> {
                         tokens: BTreeMap::new(),
                         commit: commit.clone(),
                     };
-                    if records.iter().any(|r| r.key() == rec.key()) {
-                        continue;
+                    if !records.iter().any(|r| r.key() == rec.key())
+                        && !todo.iter().any(|r: &Record| r.key() == rec.key())
+                    {
+                        todo.push(rec);
                     }
-                    let t = Instant::now();
-                    let rec = measure(&spec, rec)?;
-                    eprintln!(
-                        "report: {} group {} {}: ppl {:?} ({:.0}s)",
-                        rec.model,
-                        rec.group,
-                        rec.setting.label(),
-                        rec.ppl,
-                        t.elapsed().as_secs_f64()
-                    );
-                    records.push(rec);
-                    save_records(&records)?;
                 }
+            }
+            if todo.is_empty() {
+                continue;
+            }
+            match &spec.derive {
+                Some(d) => derive_model(&spec, d)?,
+                None if !Path::new(spec.path).exists() => {
+                    return Err(format!(
+                        "{}: not found (run `cargo xtask fetch {}`)",
+                        spec.path,
+                        spec.fetch.unwrap_or("?")
+                    ));
+                }
+                None => {}
+            }
+            for rec in todo {
+                let t = Instant::now();
+                let rec = measure(&spec, rec)?;
+                eprintln!(
+                    "report: {} group {} {}: ppl {:?} ({:.0}s)",
+                    rec.model,
+                    rec.group,
+                    rec.setting.label(),
+                    rec.ppl,
+                    t.elapsed().as_secs_f64()
+                );
+                records.push(rec);
+                save_records(&records)?;
             }
         }
     }
@@ -487,6 +611,9 @@ fn render(records: &[Record]) -> Result<()> {
         if spec.name == "smollm2-135m" {
             md.push_str(SMOLLM2_CAVEAT);
         }
+        if spec.derive.is_some() {
+            md.push_str(Q41_NOTE);
+        }
         let dense = recs.iter().find(|r| r.setting.format == "dense");
         for group in ["128", "per-row"] {
             let rows: Vec<&&Record> = recs.iter().filter(|r| r.group == group).collect();
@@ -495,7 +622,11 @@ fn render(records: &[Record]) -> Result<()> {
             }
             let (c0, c1) = (spec.texts[0].0, spec.texts[1].0);
             // The in-domain text: the tiny model's is its held-out split, not PTB.
-            let chart = if spec.name == "tiny-llama" { c1 } else { c0 };
+            let chart = if spec.name.starts_with("tiny-llama") {
+                c1
+            } else {
+                c0
+            };
             md.push_str(&format!(
                 "\n### group {group}\n\n| format | {c0} ppl | {c1} ppl | bits/weight (stored) | bits/weight (format) | rel. MSE | pass time (s) |\n|---|---:|---:|---:|---:|---:|---:|\n"
             ));
@@ -569,6 +700,16 @@ Q4_1 GGUF: its linears are already 4-bit per block of 32. The baseline (\"dense 
 dequantized to f32, and every format re-quantizes these weights at group 128 or per row (group 32 would be
 trivially exact). A 135M model at group 128 is very sensitive to the format, which makes it a
 discriminating benchmark, but absolute numbers are not comparable with the paper's 7B+ models.
+";
+
+const Q41_NOTE: &str = "
+**What this is:** the tiny model with every linear layer rounded onto a Q4_1-like lattice, built by
+the report: `any4 quantize --format int4 --group-size 32` (asymmetric min/max per block of 32:
+scale = (max − min)/15, zero = min, both f16, codes rounded to nearest, as llama.cpp's Q4_1), then
+`any4 dequantize` back to f32. Its baseline is that lattice model, so every format below
+re-quantizes weights that are already 4-bit per block of 32, exactly SmolLM2's situation, on a
+model whose f32 original we have (see `tiny-llama` above). Same texts, windows and calibration as
+`tiny-llama`; only the formats of the int4 vs fp4 question are measured.
 ";
 
 const ANALYSIS: &str = "

@@ -1,5 +1,6 @@
-//! `any4`: quantize LLMs to any4 (and int4/nf4/fp4/any3/any2), inspect checkpoints, generate
-//! text and measure perplexity, on any Burn backend compiled in.
+//! `any4`: quantize LLMs to any4 (and int4/nf4/fp4/any3/any2), inspect checkpoints, dequantize
+//! them back to dense weights, generate text and measure perplexity, on any Burn backend
+//! compiled in.
 //!
 //! Errors print one line (`any4: <file>: <what is wrong>`) to stderr and exit with status 1;
 //! usage errors exit with 2. Nothing panics with a backtrace: an internal error (a bug) is one
@@ -13,8 +14,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use any4_burn::{
-    CALIBRATION_PROMPT, Calibrator, Checkpoint, QuantizeConfig, check_finite, quantize,
-    quantize_sequential,
+    CALIBRATION_PROMPT, Calibrator, Checkpoint, QLinear, QLinearContainer, QuantizeConfig,
+    check_finite, quantize, quantize_sequential,
 };
 use any4_core::{Any4Config, Format, GroupSize, ParamDtype, Scaling, Solver};
 use any4_llm::{
@@ -145,6 +146,9 @@ enum Cmd {
     Quantize(QuantizeArgs),
     /// Show the layers, formats, shapes and sizes of an any4 checkpoint.
     Inspect(InspectArgs),
+    /// Turn every quantized layer of a checkpoint back into a dense f32 one (a folder that
+    /// `eval`, `generate` and `quantize` read as a dense model).
+    Dequantize(DequantizeArgs),
     /// Generate text from a prompt.
     Generate(GenerateArgs),
     /// Perplexity of a model on a text file (GPTQ protocol: non-overlapping windows).
@@ -199,6 +203,19 @@ struct InspectArgs {
     /// any4 checkpoint folder or its `model.safetensors`.
     path: PathBuf,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DequantizeArgs {
+    /// any4 checkpoint folder (or any model the other commands read).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output folder (created; an existing checkpoint there is replaced atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print a one-line JSON summary (layers dequantized, dense layers) on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -380,6 +397,38 @@ fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
     Ok(())
 }
 
+/// Every `QLinear::Quant` becomes `QLinear::Dense` holding exactly the weight the quantized
+/// layer computes with (`table[code] · scale + zero` in f32), bias kept; the folder is written by
+/// `save_any4` with no quantized layer, so it loads as a dense model.
+fn cmd_dequantize(a: DequantizeArgs, device: &Device) -> AnyResult<()> {
+    prepare_out(&a.out)?;
+    let (mut model, tokenizer) = load_checked(&a.model, device)?;
+    let (mut dequantized, mut dense) = (0usize, 0usize);
+    model.visit_qlinears("", &mut |_, layer| {
+        if layer.is_quantized() {
+            *layer = QLinear::from_hf(layer.weight_hf(), layer.bias());
+            dequantized += 1;
+        } else {
+            dense += 1;
+        }
+    });
+    let qc = save_any4(&a.out, &mut model, &tokenizer)?;
+    debug_assert!(qc.layers.is_empty());
+    if a.json {
+        outln!(
+            "{}",
+            serde_json::json!({"model": a.model, "out": a.out, "dequantized": dequantized,
+                "already_dense": dense})
+        );
+    } else {
+        outln!(
+            "{dequantized} layers dequantized to f32 ({dense} already dense), saved to {}",
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
 fn cmd_generate(a: GenerateArgs, device: &Device) -> AnyResult<()> {
     let (model, tokenizer) = load_checked(&a.model, device)?;
     let sampling = if a.temperature <= 0.0 {
@@ -489,6 +538,15 @@ fn run(cli: Cli) -> AnyResult<()> {
             })
         }
         Cmd::Inspect(a) => cmd_inspect(a),
+        Cmd::Dequantize(a) => {
+            let created = !a.out.exists();
+            let out = a.out.clone();
+            cmd_dequantize(a, &device).inspect_err(|_| {
+                if created {
+                    let _ = std::fs::remove_dir(&out);
+                }
+            })
+        }
         Cmd::Generate(a) => cmd_generate(a, &device),
         Cmd::Eval(a) => cmd_eval(a, &device),
     }

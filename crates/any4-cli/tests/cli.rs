@@ -116,6 +116,92 @@ fn quantize_inspect_generate_eval_round_trip() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// `dequantize` turns an int4 checkpoint into a dense folder that computes the same thing: the
+/// same perplexity, and `quantize` accepts it as a dense model.
+#[test]
+fn dequantize_gives_a_dense_model_with_the_same_perplexity() {
+    let dir = scratch("dequantize");
+    let (quant, dense) = (any4_fixture(), dir.join("dense"));
+    let o = any4(&[
+        "dequantize",
+        "--model",
+        quant.to_str().unwrap(),
+        "--out",
+        dense.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "dequantize failed: {}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("dequantize --json is JSON");
+    assert_eq!(v["dequantized"], 42, "{v}");
+
+    let o = any4(&["inspect", dense.to_str().unwrap()]);
+    assert!(o.status.success(), "inspect failed: {}", stderr(&o));
+    assert!(stdout(&o).contains("0 quantized layers"), "{}", stdout(&o));
+
+    let heldout = tiny_llama().join("heldout.txt");
+    let ppl = |m: &Path| {
+        let o = any4(&[
+            "eval",
+            "--model",
+            m.to_str().unwrap(),
+            "--text",
+            heldout.to_str().unwrap(),
+            "--seq-len",
+            "256",
+            "--max-windows",
+            "2",
+            "--json",
+        ]);
+        assert!(o.status.success(), "eval failed: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("eval --json is JSON");
+        v["ppl"].as_f64().expect("ppl")
+    };
+    let (p_quant, p_dense) = (ppl(quant), ppl(&dense));
+    assert!(
+        p_quant.is_finite() && (p_dense - p_quant).abs() <= 1e-3 * p_quant,
+        "dequantized ppl {p_dense} vs int4 ppl {p_quant}"
+    );
+
+    // Re-quantizing the dense folder works; to int4 at the same group size it lands back on
+    // (nearly) the same lattice.
+    let requant = dir.join("requant");
+    let o = any4(&[
+        "quantize",
+        "--model",
+        dense.to_str().unwrap(),
+        "--out",
+        requant.to_str().unwrap(),
+        "--format",
+        "int4",
+        "--calib-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(o.status.success(), "re-quantize failed: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("quantize --json is JSON");
+    assert_eq!(v["layers"], 42, "{v}");
+    assert!(v["rel_mse"].as_f64().is_some_and(|e| e < 1e-4), "{v}");
+    let p_requant = ppl(&requant);
+    assert!(
+        (p_requant - p_quant).abs() <= 1e-2 * p_quant,
+        "re-quantized ppl {p_requant} vs int4 ppl {p_quant}"
+    );
+
+    // A bad input is one line, and leaves no output folder behind.
+    let missing = dir.join("never-created");
+    let o = any4(&[
+        "dequantize",
+        "--model",
+        "/nonexistent/model",
+        "--out",
+        missing.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "/nonexistent/model");
+    assert!(!missing.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn errors_are_one_line_with_a_nonzero_exit() {
     let o = any4(&["generate", "--model", "/nonexistent/model", "--prompt", "x"]);

@@ -194,7 +194,7 @@ mod avx2 {
                 )
             };
             let mut total = _mm256_setzero_ps();
-            if group_blocks % 2 == 0 {
+            if group_blocks.is_multiple_of(2) {
                 // Pairs never straddle a group: accumulate a group, then scale it once.
                 let group_pairs = group_blocks / 2;
                 let (mut p, mut g) = (0, 0);
@@ -226,7 +226,7 @@ mod avx2 {
                 let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                 _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
             };
-            if blocks % 2 == 1 {
+            if !blocks.is_multiple_of(2) {
                 // The unpaired last block, laid out `[even, odd]`.
                 let b = blocks - 1;
                 let bytes = _mm_loadu_si128(words.as_ptr().add(4 * b) as *const __m128i);
