@@ -2,13 +2,18 @@
 //!
 //! [`gemm_kernel`](fn@gemm_kernel) computes one `tile_m × tile_n` output tile per cube. For each K tile it
 //! stages `x[tile_m, tile_k]` and the **dequantized** `W[tile_n, tile_k]` in shared memory
-//! (each code word is read once per cube and expanded to 8 weights), then every unit
-//! accumulates its `tile_m·tile_n / units` outputs in f32. Out-of-range rows, columns and
-//! K tails are zero-padded in shared memory, so any M, N and K are valid.
+//! (each code word is read once per cube and expanded to 8 weights; `word_groups`, when the
+//! group size is a multiple of 8 — every size the format allows — reads one scale and zero per
+//! word, which then never straddles a group), then every unit
+//! accumulates its own `reg_m × reg_n` block of outputs in registers: per step of K it loads
+//! `reg_m` activations and `reg_n` weights from shared memory for `reg_m · reg_n` multiply-adds
+//! (the unblocked loop loaded two operands per multiply-add and ran at 0.2× Burn's matmul on
+//! lavapipe). Out-of-range rows, columns and K tails are zero-padded in shared memory, so any
+//! M, N and K are valid.
 //!
 //! Later step (not done here): replace the shared-memory FMA loop by CubeCL `cmma`
-//! (tensor cores on CUDA, cooperative matrices on Vulkan) once the dequantized tile is in f16,
-//! with register blocking; the staging code stays the same.
+//! (tensor cores on CUDA, cooperative matrices on Vulkan) once the dequantized tile is in f16;
+//! the staging code stays the same.
 
 // `#[cube(launch)]` generates an undocumented module and kernel struct per kernel; the
 // kernels themselves are documented below.
@@ -17,8 +22,9 @@
 use cubecl::prelude::*;
 
 /// Tiled LUT GEMM (see module docs). Launch with `CubeCount::new_2d(ceil(N/tile_n),
-/// ceil(M/tile_m))` and `units` units per cube; `tile_m·tile_n` must be a multiple of `units`
-/// and `tile_k` a multiple of 8.
+/// ceil(M/tile_m))` and `units` units per cube, where `units = (tile_m / reg_m) · (tile_n /
+/// reg_n)` (see `crate::launch::gemm_tiles`) and `tile_k` is a multiple of 8; `word_groups`
+/// only if `group_size` is a multiple of 8.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_kernel(
@@ -35,22 +41,30 @@ pub fn gemm_kernel(
     #[comptime] tile_m: usize,
     #[comptime] tile_n: usize,
     #[comptime] tile_k: usize,
+    #[comptime] reg_m: usize,
+    #[comptime] reg_n: usize,
     #[comptime] units: usize,
+    #[comptime] word_groups: bool,
 ) {
-    let per_unit = comptime!(tile_m * tile_n / units);
     let words_per_tile = comptime!(tile_k / 8);
+    let unit_cols = comptime!(tile_n / reg_n);
     let words_per_row = k.div_ceil(8);
     let n_groups = k.div_ceil(group_size);
     let m0 = CUBE_POS_Y as usize * tile_m;
     let n0 = CUBE_POS_X as usize * tile_n;
     let unit = UNIT_POS as usize;
+    // This unit's block: rows r0..r0+reg_m, columns c0..c0+reg_n of the tile.
+    let r0 = (unit / unit_cols) * reg_m;
+    let c0 = (unit % unit_cols) * reg_n;
 
     let mut xs = Shared::<[f32]>::new_slice(comptime!(tile_m * tile_k));
     let mut ws = Shared::<[f32]>::new_slice(comptime!(tile_n * tile_k));
 
-    let mut acc = Array::<f32>::new(per_unit);
+    let mut acc = Array::<f32>::new(comptime!(reg_m * reg_n));
+    let mut xr = Array::<f32>::new(reg_m);
+    let mut wr = Array::<f32>::new(reg_n);
     #[unroll]
-    for i in 0..per_unit {
+    for i in 0..comptime!(reg_m * reg_n) {
         acc[i] = 0.0f32;
     }
 
@@ -75,18 +89,30 @@ pub fn gemm_kernel(
             let wi = i % words_per_tile;
             let gn = n0 + r;
             let word_col = k0 / 8 + wi;
+            let valid = gn < n && word_col < words_per_row;
             let mut word = 0u32;
-            if gn < n && word_col < words_per_row {
+            let mut s = 0.0f32;
+            let mut z = 0.0f32;
+            if valid {
                 word = codes[gn * words_per_row + word_col];
+                if comptime!(word_groups) {
+                    let g = gn * n_groups + (word_col * 8) / group_size;
+                    s = scales[g];
+                    z = zeros[g];
+                }
             }
             #[unroll]
             for j in 0..8u32 {
                 let gk = word_col * 8 + j as usize;
                 let mut v = 0.0f32;
-                if gn < n && gk < k {
-                    let g = gn * n_groups + gk / group_size;
+                if valid && gk < k {
                     let code = ((word >> (4 * j)) & 15u32) as usize;
-                    v = table[gn * 16 + code] * scales[g] + zeros[g];
+                    if comptime!(word_groups) {
+                        v = table[gn * 16 + code] * s + z;
+                    } else {
+                        let g = gn * n_groups + gk / group_size;
+                        v = table[gn * 16 + code] * scales[g] + zeros[g];
+                    }
                 }
                 ws[r * tile_k + wi * 8 + j as usize] = v;
             }
@@ -95,23 +121,33 @@ pub fn gemm_kernel(
 
         for kk in 0..tile_k {
             #[unroll]
-            for i in 0..per_unit {
-                let idx = unit + i * units;
-                let r = idx / tile_n;
-                let c = idx % tile_n;
-                acc[i] += xs[r * tile_k + kk] * ws[c * tile_k + kk];
+            for a in 0..reg_m {
+                xr[a] = xs[(r0 + a) * tile_k + kk];
+            }
+            #[unroll]
+            for b in 0..reg_n {
+                wr[b] = ws[(c0 + b) * tile_k + kk];
+            }
+            #[unroll]
+            for a in 0..reg_m {
+                #[unroll]
+                for b in 0..reg_n {
+                    acc[a * reg_n + b] += xr[a] * wr[b];
+                }
             }
         }
         sync_cube();
     }
 
     #[unroll]
-    for i in 0..per_unit {
-        let idx = unit + i * units;
-        let gm = m0 + idx / tile_n;
-        let gn = n0 + idx % tile_n;
-        if gm < m && gn < n {
-            out[gm * n + gn] = acc[i];
+    for a in 0..reg_m {
+        #[unroll]
+        for b in 0..reg_n {
+            let gm = m0 + r0 + a;
+            let gn = n0 + c0 + b;
+            if gm < m && gn < n {
+                out[gm * n + gn] = acc[a * reg_n + b];
+            }
         }
     }
 }

@@ -464,6 +464,50 @@ fn launch_gemv(
     Ok(())
 }
 
+/// Tile shape of [`gemm_kernel`]: a `tile_m × tile_n` output tile per cube, `reg_m × reg_n`
+/// outputs per unit, `units = (tile_m / reg_m) · (tile_n / reg_n)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GemmTiles {
+    pub tile_m: usize,
+    pub tile_n: usize,
+    pub tile_k: usize,
+    pub reg_m: usize,
+    pub reg_n: usize,
+    pub units: usize,
+}
+
+/// Tiles for `max_units` units per cube (a power of two) and a batch of `m` rows.
+///
+/// With ≥ 64 units: 1024 outputs per cube, 32 × 32, or 16 × 64 when `m ≤ 16` so a small batch
+/// does not pay for padded rows; each unit then holds `1024 / units` accumulators (4 with 256
+/// units, as 2 × 2). On small cubes (the CubeCL CPU runtime) one unit per cube and an 8 × 8
+/// tile held whole in registers: its `sync_cube` is then free, while a 2-unit cube pays a
+/// thread barrier twice per K tile.
+pub(crate) fn gemm_tiles(max_units: usize, m: usize) -> GemmTiles {
+    if max_units < 64 {
+        return GemmTiles {
+            tile_m: 8,
+            tile_n: 8,
+            tile_k: 32,
+            reg_m: 8,
+            reg_n: 8,
+            units: 1,
+        };
+    }
+    let units = max_units.min(256);
+    let (tile_m, tile_n) = if m <= 16 { (16, 64) } else { (32, 32) };
+    let per_unit = tile_m * tile_n / units; // 4, 8 or 16
+    let reg_m = if per_unit >= 16 { 4 } else { 2 };
+    GemmTiles {
+        tile_m,
+        tile_n,
+        tile_k: 32,
+        reg_m,
+        reg_n: per_unit / reg_m,
+        units,
+    }
+}
+
 fn launch_gemm(
     client: &Client,
     weight: &Any4Weight,
@@ -472,14 +516,9 @@ fn launch_gemm(
     out: &Handle,
 ) -> Result<(), KernelError> {
     let s = weight.shape;
-    let units = units_1d(client, 256);
-    // 32×32 tiles with ≥ 64 units (≤ 16 accumulators each). On small cubes (CPU runtime) one unit
-    // per cube and 8×8 tiles: its `sync_cube` is then free, while a 2-unit cube pays a thread
-    // barrier twice per K tile.
-    let (units, tile) = if units >= 64 { (units, 32) } else { (1, 8) };
-    let tile_k = 32;
+    let t = gemm_tiles(units_1d(client, 256), m);
     let (mx, my, _) = client.properties().hardware.max_cube_count;
-    let (cx, cy) = (s.n.div_ceil(tile), m.div_ceil(tile));
+    let (cx, cy) = (s.n.div_ceil(t.tile_n), m.div_ceil(t.tile_m));
     if cx > mx.min(65_535) as usize {
         return Err(KernelError::GridTooLarge {
             axis: "x (N tiles)",
@@ -500,7 +539,7 @@ fn launch_gemm(
         gemm_kernel::launch(
             client,
             CubeCount::new_2d(cx as u32, cy as u32),
-            CubeDim::new_1d(units as u32),
+            CubeDim::new_1d(t.units as u32),
             BufferArg::from_raw_parts(weight.codes.clone(), lc),
             BufferArg::from_raw_parts(weight.table.clone(), lt),
             BufferArg::from_raw_parts(weight.scales.clone(), lsz),
@@ -511,10 +550,13 @@ fn launch_gemm(
             s.n,
             s.k,
             s.group_size,
-            tile,
-            tile,
-            tile_k,
-            units,
+            t.tile_m,
+            t.tile_n,
+            t.tile_k,
+            t.reg_m,
+            t.reg_n,
+            t.units,
+            s.group_size.is_multiple_of(8),
         );
     }
     Ok(())
@@ -581,4 +623,28 @@ fn launch_dense(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gemm_tiles;
+
+    /// Every unit owns one `reg_m × reg_n` block and the blocks cover the tile exactly.
+    #[test]
+    fn gemm_tiles_cover_the_tile() {
+        for units in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024] {
+            for m in [1, 8, 16, 17, 33, 256] {
+                let t = gemm_tiles(units, m);
+                assert!(t.units <= units, "{t:?}");
+                assert_eq!(t.tile_m % t.reg_m, 0, "{t:?}");
+                assert_eq!(t.tile_n % t.reg_n, 0, "{t:?}");
+                assert_eq!(
+                    (t.tile_m / t.reg_m) * (t.tile_n / t.reg_n),
+                    t.units,
+                    "{t:?}"
+                );
+                assert_eq!(t.tile_k % 8, 0, "{t:?}");
+            }
+        }
+    }
 }
