@@ -51,7 +51,7 @@ fn main() -> ExitCode {
                 "  fetch NAME...  smollm2, ptb, botchan, shakespeare, mistral-tokenizer, llama-vocab, all (into .cache/)"
             );
             println!(
-                "  report accuracy [--models tiny-llama,smollm2-135m] [--windows N|all] [--fresh] [--render]"
+                "  report accuracy [--models tiny-llama,smollm2-135m,tiny-llama-q41] [--windows N|all] [--fresh] [--render]"
             );
             println!(
                 "                 format comparison (perplexity, bits, time) → docs/RESULTS.md + PNG"
