@@ -121,6 +121,20 @@ impl Report {
             .sum::<f64>()
             / n
     }
+    /// Weight-averaged activation-weighted relative error over the layers that had calibration
+    /// statistics (`None` if none had): the error the next layer sees, to first order.
+    pub fn weighted_rel_mse(&self) -> Option<f64> {
+        let (sum, n) = self
+            .layers
+            .iter()
+            .filter_map(|l| {
+                l.weighted_rel_mse
+                    .map(|e| (e, (l.shape[0] * l.shape[1]) as f64))
+            })
+            .fold((0.0, 0.0), |(s, n), (e, w)| (s + e * w, n + w));
+        (n > 0.0).then(|| sum / n)
+    }
+
     /// Weight-averaged relative MSE.
     pub fn rel_mse(&self) -> f64 {
         let n = self.weights().max(1) as f64;

@@ -43,9 +43,9 @@ pub struct Any4Weight<B: Backend> {
 /// Activation precision of the CPU (Flex) matmul.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CpuMatmul {
-    /// int8 activations for decode-sized batches (M ≤ 8, memory-bound), the f32 lookup path up
-    /// to M = 32, and above that (prefill, perplexity: compute-bound) one dequantization plus the
-    /// backend's dense GEMM.
+    /// int8 activations for decode-sized batches (M ≤ 8, memory-bound), and above that
+    /// (prefill, perplexity, batched decode: compute-bound) the f32 panel GEMM
+    /// (`QuantizedView::matmul_panels`: 32 × 512 panels dequantized into L2, register-blocked GEMM).
     #[default]
     Auto,
     /// Always f32 activations and tables (bit-identical to any4-core's reference).
@@ -57,14 +57,11 @@ pub enum CpuMatmul {
 impl CpuMatmul {
     /// Largest batch that takes the int8 decode path under `Auto`.
     pub const DECODE_MAX_M: usize = 8;
-    /// Batches above this size dequantize once and use the dense GEMM under `Auto`; in between,
-    /// the f32 lookup path (each group decoded once into L1, then one dot per activation row).
-    pub const LOOKUP_MAX_M: usize = 32;
 
-    /// Whether a batch of `m` rows is better served by dequantize + dense GEMM: the weight is
-    /// reused `m` times, so the one-off dequantization vanishes next to the multiply-adds.
-    pub fn dequantize_first(self, m: usize) -> bool {
-        self == CpuMatmul::Auto && m > Self::LOOKUP_MAX_M
+    /// Whether a batch of `m` rows takes the panel GEMM: the weight is reused `m` times, so
+    /// its dequantization vanishes next to the multiply-adds.
+    pub fn panels(self, m: usize) -> bool {
+        self == CpuMatmul::Auto && m > Self::DECODE_MAX_M
     }
 
     /// The any4-core precision for a batch of `m` rows.
@@ -261,21 +258,20 @@ mod flex {
         f(view)
     }
 
-    use burn::backend::ops::FloatTensorOps;
-
     impl Any4Backend for Flex {
         fn any4_matmul(x: FlexTensor, w: Any4Weight<Self>) -> FlexTensor {
             let dtype = x.dtype();
             let m = x.layout().shape()[0];
-            if w.cpu.dequantize_first(m) {
-                let dense = Self::any4_dequantize(w);
-                let dense = Self::float_cast(dense, dtype.into());
-                return Self::float_matmul(x, Self::float_transpose(dense));
-            }
             let x = x.to_contiguous();
             let xs = f32s(&x);
-            let y = with_view(&w, |v| v.matmul_with(&xs, m, w.cpu.precision(m)))
-                .unwrap_or_else(|e| panic!("any4 matmul: {e}"));
+            let y = with_view(&w, |v| {
+                if w.cpu.panels(m) {
+                    v.matmul_panels(&xs, m)
+                } else {
+                    v.matmul_with(&xs, m, w.cpu.precision(m))
+                }
+            })
+            .unwrap_or_else(|e| panic!("any4 matmul: {e}"));
             let out = FlexTensor::from_data(TensorData::new(y, [m, w.shape[0]]));
             if dtype == DType::F32 {
                 out

@@ -325,7 +325,8 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
                 // Codes are stored in 4-bit slots; any3/any2 would need only `bits` per code.
                 "format_bits_per_weight":
                     report.bits_per_weight() - 4.0 + f64::from(a.format.bits()),
-                "rel_mse": report.rel_mse(), "pass_seconds": report.seconds})
+                "rel_mse": report.rel_mse(), "weighted_rel_mse": report.weighted_rel_mse(),
+                "pass_seconds": report.seconds})
         );
         return Ok(());
     }

@@ -127,6 +127,79 @@ impl QuantizedView<'_> {
     }
 }
 
+/// Rows of `W` per task of [`QuantizedView::matmul_panels`].
+const PANEL_ROWS: usize = 32;
+/// Columns of `W` dequantized at a time: a `32 × 512` f32 panel (64 KB) stays in L2.
+const PANEL_K: usize = 512;
+
+impl QuantizedView<'_> {
+    /// `y = x · Wᵀ` for batches (prefill, perplexity, batched decode above ~8 rows): each task
+    /// dequantizes a `PANEL_ROWS × PANEL_K` panel of `W` into a cache-resident f32 buffer and
+    /// multiplies it with a register-blocked GEMM micro-kernel (the `gemm` crate, as Flex's dense
+    /// matmul uses), accumulating over K. Reads 4-bit weights once per call and never writes the
+    /// dense matrix out, where the lookup path re-reads every activation row per weight row and
+    /// a full dequantization writes and re-reads `rows × cols` f32.
+    ///
+    /// f32 throughout; results differ from [`matmul`](Self::matmul) by summation order only.
+    pub fn matmul_panels(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let (n, k) = (self.rows(), self.cols());
+        if x.len() != m * k {
+            return Err(Any4Error::ShapeMismatch {
+                what: "activations [m, cols]",
+                expected: m * k,
+                got: x.len(),
+            });
+        }
+        if m == 0 || n == 0 {
+            return Ok(vec![0.0; m * n]);
+        }
+        let isa = Isa::detect();
+        // Transposed output ([n, m]): each task owns a contiguous block of rows of W.
+        let mut yt = vec![0.0f32; n * m];
+        yt.par_chunks_mut(PANEL_ROWS * m)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let (r0, rows) = (task * PANEL_ROWS, out.len() / m);
+                let mut panel = vec![0.0f32; rows * PANEL_K.min(k)];
+                for k0 in (0..k).step_by(PANEL_K) {
+                    let kc = PANEL_K.min(k - k0);
+                    for r in 0..rows {
+                        self.dequantize_range_with(isa, r0 + r, k0, &mut panel[r * kc..][..kc]);
+                    }
+                    // out[r·m + i] (+)= Σ_j x[i, k0 + j] · panel[r, j]: dst (i, r) has row stride
+                    // 1 and column stride m; lhs x (i, j) strides (k, 1); rhs panelᵀ (j, r)
+                    // strides (1, kc).
+                    // SAFETY: every index stays in bounds: x[i·k + k0 + j] with i < m, j < kc,
+                    // k0 + kc ≤ k; panel[r·kc + j] with r < rows; out[r·m + i].
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            rows,
+                            kc,
+                            out.as_mut_ptr(),
+                            m as isize,
+                            1,
+                            k0 > 0,
+                            x.as_ptr().add(k0),
+                            1,
+                            k as isize,
+                            panel.as_ptr(),
+                            kc as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+            });
+        Ok(transpose(yt, n, m))
+    }
+}
+
 /// Dense `y = x · Wᵀ` for row-major `x: [m, k]`, `w: [n, k]`: the f32 baseline of benches, with
 /// the same threading and vectorised dot product as the quantized path.
 pub fn dense_matmul(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Result<Vec<f32>> {

@@ -141,6 +141,28 @@ impl<'a> QuantizedView<'a> {
         }
     }
 
+    /// Columns `k0 .. k0 + out.len()` of one dequantized row (`k0` a multiple of 8).
+    pub(crate) fn dequantize_range_with(&self, isa: Isa, row: usize, k0: usize, out: &mut [f32]) {
+        let end = k0 + out.len();
+        assert!(k0 % 8 == 0 && end <= self.cols, "dequantize_range: columns");
+        let (table, words) = (self.row_table(row), self.row_codes(row));
+        let (s, z) = (self.row_scales(row), self.row_zeros(row));
+        let group = self.group_len();
+        let mut j = k0;
+        while j < end {
+            // Up to the next group boundary; groups start on words (sizes are multiples of 8).
+            let g = j / group;
+            let stop = ((g + 1) * group).min(end);
+            let chunk = &mut out[j - k0..stop - k0];
+            isa.lut_decode(&words[j / 8..stop.div_ceil(8)], table, chunk);
+            let (sg, zg) = (s[g], z[g]);
+            for v in chunk.iter_mut() {
+                *v = *v * sg + zg;
+            }
+            j = stop;
+        }
+    }
+
     /// The dense row-major `[rows, cols]` matrix.
     pub fn dequantize(&self) -> Vec<f32> {
         let isa = Isa::detect();

@@ -470,3 +470,44 @@ fn every_error_variant_is_reachable() {
     ));
     // CodeOutOfRange and InvalidParameter from stored parts: see `from_parts_round_trips_and_validates`.
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The panel GEMM path (batches) computes the same product as the f32 reference, up to
+    /// summation order: rows not a multiple of the 32-row panel, K across several 512-column
+    /// panels with a short last one, every group size, M from 1 to 40.
+    #[test]
+    fn panel_gemm_matches_reference(
+        rows in 1usize..80,
+        cols_words in 2usize..170,
+        m in 1usize..40,
+        fi in 0usize..6,
+        g in prop::sample::select(vec![32usize, 128, 512, 0]),
+        seed in any::<u64>(),
+    ) {
+        let cols = cols_words * 8;
+        let group = if g == 0 { GroupSize::PER_ROW } else { GroupSize::new(g).unwrap() };
+        let w = student_t(rows, cols, 4, seed);
+        let q = quantize(&w, [rows, cols], None, &cfg(Format::ALL[fi]).with_group_size(group)).unwrap();
+        let x = student_t(m, cols, 5, seed ^ 7);
+        let exact = q.matmul(&x, m).unwrap();
+        let fast = q.view().matmul_panels(&x, m).unwrap();
+        let deq = q.dequantize();
+        for i in 0..m {
+            for n in 0..rows {
+                let scale: f32 = (0..cols).map(|j| (x[i * cols + j] * deq[n * cols + j]).abs()).sum();
+                let (a, b) = (fast[i * rows + n], exact[i * rows + n]);
+                prop_assert!((a - b).abs() <= 1e-5 * scale + 1e-6, "m={i} n={n}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn panel_gemm_refuses_a_wrong_activation_length() {
+    let w = student_t(4, 64, 4, 1);
+    let q = quantize(&w, [4, 64], None, &cfg(Format::Any4)).unwrap();
+    assert!(q.view().matmul_panels(&[0.0; 63], 1).is_err());
+    assert_eq!(q.view().matmul_panels(&[], 0).unwrap(), Vec::<f32>::new());
+}
