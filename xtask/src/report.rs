@@ -742,6 +742,26 @@ const ANALYSIS: &str = "
   the sensitivity of a 135M model trained on far more data, are candidates not tested here. The
   tiny models' int4–fp4 gaps are small (at most 0.25 ppl; 0.003 per row on the f32 weights) next
   to SmolLM2's (8–19 ppl at group 128).
+- **Where SmolLM2's int4 loses: `v_proj` (and `down_proj`).** Quantizing one projection type at a
+  time (all 30 layers of it, group 128, the other six types dense; first PTB window, dense
+  baseline 52.71; `bench/experiments/int4-vs-fp4-by-layer.sh`, table in
+  `bench/results/int4-vs-fp4-by-layer.md`): int4 / fp4 perplexity is q_proj 53.04 / 54.11,
+  k_proj 54.72 / 53.76, **v_proj 66.33 / 54.11**, o_proj 53.90 / 53.65, gate_proj 53.99 / 54.52,
+  up_proj 54.17 / 54.48, **down_proj 60.78 / 58.66**. int4 on `v_proj` alone costs +13.6 ppl
+  against fp4's +1.4: that one type is the flip. It is not in the weight error (int4's relative
+  MSE is lower than fp4's on every type, 1.05e-2 vs 1.23e-2 on `v_proj`) nor in the weights'
+  shape (per group of 128, `v_proj`'s excess kurtosis is 0.18 median, like q/k's 0.06–0.10 —
+  the Q4_1 source leaves no heavy tails): it is where the error lands. `q_proj`, `k_proj` and
+  `v_proj` read the same normalised input, yet only on `v_proj` is int4's activation-weighted
+  error (Σ|x̄_j|(w−ŵ)², calibration statistics) above fp4's (1.63e-2 vs 1.49e-2; on q/k int4 is
+  lower, 1.08e-2 vs 1.17e-2 and 0.90e-2 vs 1.06e-2): in `v_proj` the input channels that carry
+  the large activations hold weights that int4's uniform min–max grid represents worse than
+  fp4's grid, which is dense near zero — and `v_proj`'s error, unlike q/k's, reaches the residual
+  stream without a softmax in between. `down_proj` also favours fp4 (+8.1 vs +6.0) although its
+  diagonal activation-weighted error does not (1.09e-2 vs 1.21e-2): that one is not explained by
+  per-channel statistics (its input, the SwiGLU product, is the most outlier-heavy activation of a
+  Llama block; cross-channel terms are not in our statistics). any4 learns its table from the
+  same activation statistics, which is why it wins on exactly these layers.
 - **PTB on the tiny model** is out of domain (it was trained on 19th-century literature; PTB is
   1989 news with `<unk>` and `N` tokens), so its PTB column is noise-level: use its held-out column.
 - any3 stores 3-bit codes in 4-bit slots today (\"stored\" vs \"format\" bits); any2 collapses on a
@@ -757,5 +777,6 @@ cargo xtask report accuracy                 # SmolLM2: first 4 windows per text 
 cargo xtask report accuracy --windows all   # the full texts (hours on 2 CPU cores)
 cargo xtask report accuracy --models tiny-llama-q41   # the Q4_1-lattice experiment (~9 min)
 cargo xtask report accuracy --render        # re-render this file from the records only
+WINDOWS=1 bench/experiments/int4-vs-fp4-by-layer.sh   # SmolLM2 int4 vs fp4, one projection type at a time
 ```
 ";
