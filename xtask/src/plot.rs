@@ -129,6 +129,7 @@ fn bar_panel(
 struct KernelRecord {
     backend: String,
     m: usize,
+    n: usize,
     k: usize,
     speedup: f64,
 }
@@ -140,8 +141,10 @@ pub fn kernels_chart(inputs: &[std::path::PathBuf], out: &Path) -> Result<()> {
     let mut panels: Vec<(String, Vec<KernelRecord>)> = Vec::new();
     for p in inputs {
         let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        let recs: Vec<KernelRecord> =
+        let mut recs: Vec<KernelRecord> =
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        // Lines over K = N: non-square shapes (`--shapes`) stay in the tables only.
+        recs.retain(|r| r.n == r.k);
         if let Some(first) = recs.first() {
             panels.push((first.backend.clone(), recs));
         }
