@@ -10,12 +10,27 @@
 use rayon::prelude::*;
 
 use crate::error::{Any4Error, Result};
-use crate::int8::{BLOCK, MatmulPrecision, Q8Activations, quantize_activations, quantize_table};
+use crate::int8::{BLOCK, MatmulPrecision, Q8Activations, quantize_activations};
 use crate::simd::Isa;
 use crate::view::QuantizedView;
 
 /// Rows per rayon task: large enough to amortise scheduling, small enough to balance 2–64 cores.
 const ROWS_PER_TASK: usize = 16;
+/// Below this many multiply-adds a call runs on the calling thread: waking the pool costs more
+/// than the work (the embedded tiny model's 128 × 128 layers at batch 1).
+const PARALLEL_MIN_MACS: usize = 1 << 16;
+
+/// `f(task, chunk)` over `chunk`-sized pieces of `out`, on the rayon pool when `macs` is large.
+fn for_each_task<F>(out: &mut [f32], chunk: usize, macs: usize, f: F)
+where
+    F: Fn((usize, &mut [f32])) + Sync + Send,
+{
+    if macs >= PARALLEL_MIN_MACS {
+        out.par_chunks_mut(chunk).enumerate().for_each(f);
+    } else {
+        out.chunks_mut(chunk).enumerate().for_each(f);
+    }
+}
 
 impl QuantizedView<'_> {
     /// `y = x · Wᵀ` for row-major `x: [m, cols]`, returning row-major `[m, rows]` (f32
@@ -49,18 +64,16 @@ impl QuantizedView<'_> {
         };
         // Output transposed ([n, m]) so each task owns contiguous memory; M = 1 needs no transpose.
         let mut yt = vec![0.0f32; n * m];
-        yt.par_chunks_mut(ROWS_PER_TASK * m)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let mut decoded = vec![0.0f32; if m > 1 && q8.is_none() { group } else { 0 }];
-                for (r, y) in out.chunks_mut(m).enumerate() {
-                    let row = task * ROWS_PER_TASK + r;
-                    match &q8 {
-                        Some(q) => self.row_times_q8(row, q, x, &xsum, y),
-                        None => self.row_times(isa, row, x, &xsum, y, &mut decoded),
-                    }
+        for_each_task(&mut yt, ROWS_PER_TASK * m, n * k * m, |(task, out)| {
+            let mut decoded = vec![0.0f32; if m > 1 && q8.is_none() { group } else { 0 }];
+            for (r, y) in out.chunks_mut(m).enumerate() {
+                let row = task * ROWS_PER_TASK + r;
+                match &q8 {
+                    Some(q) => self.row_times_q8(row, q, x, &xsum, y),
+                    None => self.row_times(isa, row, x, &xsum, y, &mut decoded),
                 }
-            });
+            }
+        });
         Ok(transpose(yt, n, m))
     }
 
@@ -70,7 +83,8 @@ impl QuantizedView<'_> {
     fn row_times_q8(&self, row: usize, q: &Q8Activations, x: &[f32], xsum: &[f32], y: &mut [f32]) {
         let (k, group, groups) = (self.cols(), self.group_len(), self.groups());
         let table = self.row_table(row);
-        let t8 = quantize_table(table);
+        // SAFETY: the int8 path runs only after AVX2 and FMA were detected (`matmul_with`).
+        let t8 = unsafe { crate::int8::avx2::quantize_table(table) };
         let (scales, zeros) = (self.row_scales(row), self.row_zeros(row));
         let words = self.row_codes(row);
         let full = q.blocks * BLOCK;
@@ -156,46 +170,44 @@ impl QuantizedView<'_> {
         let isa = Isa::detect();
         // Transposed output ([n, m]): each task owns a contiguous block of rows of W.
         let mut yt = vec![0.0f32; n * m];
-        yt.par_chunks_mut(PANEL_ROWS * m)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let (r0, rows) = (task * PANEL_ROWS, out.len() / m);
-                let mut panel = vec![0.0f32; rows * PANEL_K.min(k)];
-                for k0 in (0..k).step_by(PANEL_K) {
-                    let kc = PANEL_K.min(k - k0);
-                    for r in 0..rows {
-                        self.dequantize_range_with(isa, r0 + r, k0, &mut panel[r * kc..][..kc]);
-                    }
-                    // out[r·m + i] (+)= Σ_j x[i, k0 + j] · panel[r, j]: dst (i, r) has row stride
-                    // 1 and column stride m; lhs x (i, j) strides (k, 1); rhs panelᵀ (j, r)
-                    // strides (1, kc).
-                    // SAFETY: every index stays in bounds: x[i·k + k0 + j] with i < m, j < kc,
-                    // k0 + kc ≤ k; panel[r·kc + j] with r < rows; out[r·m + i].
-                    unsafe {
-                        gemm::gemm(
-                            m,
-                            rows,
-                            kc,
-                            out.as_mut_ptr(),
-                            m as isize,
-                            1,
-                            k0 > 0,
-                            x.as_ptr().add(k0),
-                            1,
-                            k as isize,
-                            panel.as_ptr(),
-                            kc as isize,
-                            1,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
+        for_each_task(&mut yt, PANEL_ROWS * m, n * k * m, |(task, out)| {
+            let (r0, rows) = (task * PANEL_ROWS, out.len() / m);
+            let mut panel = vec![0.0f32; rows * PANEL_K.min(k)];
+            for k0 in (0..k).step_by(PANEL_K) {
+                let kc = PANEL_K.min(k - k0);
+                for r in 0..rows {
+                    self.dequantize_range_with(isa, r0 + r, k0, &mut panel[r * kc..][..kc]);
                 }
-            });
+                // out[r·m + i] (+)= Σ_j x[i, k0 + j] · panel[r, j]: dst (i, r) has row stride
+                // 1 and column stride m; lhs x (i, j) strides (k, 1); rhs panelᵀ (j, r)
+                // strides (1, kc).
+                // SAFETY: every index stays in bounds: x[i·k + k0 + j] with i < m, j < kc,
+                // k0 + kc ≤ k; panel[r·kc + j] with r < rows; out[r·m + i].
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        rows,
+                        kc,
+                        out.as_mut_ptr(),
+                        m as isize,
+                        1,
+                        k0 > 0,
+                        x.as_ptr().add(k0),
+                        1,
+                        k as isize,
+                        panel.as_ptr(),
+                        kc as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+        });
         Ok(transpose(yt, n, m))
     }
 }

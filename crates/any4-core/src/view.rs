@@ -144,7 +144,10 @@ impl<'a> QuantizedView<'a> {
     /// Columns `k0 .. k0 + out.len()` of one dequantized row (`k0` a multiple of 8).
     pub(crate) fn dequantize_range_with(&self, isa: Isa, row: usize, k0: usize, out: &mut [f32]) {
         let end = k0 + out.len();
-        assert!(k0.is_multiple_of(8) && end <= self.cols, "dequantize_range: columns");
+        assert!(
+            k0.is_multiple_of(8) && end <= self.cols,
+            "dequantize_range: columns"
+        );
         let (table, words) = (self.row_table(row), self.row_codes(row));
         let (s, z) = (self.row_scales(row), self.row_zeros(row));
         let group = self.group_len();
