@@ -1,10 +1,10 @@
 //! End-to-end decode speed, dense vs any4, same backend, same run.
 //!
 //! `cargo xtask bench decode [--backend flex|cpu|wgpu|cuda] [--models DIR|GGUF,...] [--tokens N]
-//! [--repeats N] [--json FILE]` (or `cargo bench --bench decode -- ...`).
+//! [--repeats N] [--lm-head] [--json FILE]` (or `cargo bench --bench decode -- ...`).
 //!
 //! For each model: load it twice, quantize one copy to any4 (group 128, one-shot calibration on
-//! `CALIBRATION_PROMPT`; LM head and embeddings stay dense, as in the paper), then alternate
+//! `CALIBRATION_PROMPT`; LM head and embeddings stay dense, as in the paper, unless `--lm-head`), then alternate
 //! greedy generations of `--tokens` tokens (no stop token) on the dense and the any4 model and
 //! report the median single-token decode speed of each. Defaults: the embedded tiny Llama, and
 //! SmolLM2-135M when `cargo xtask fetch smollm2` has put it in `.cache/`.
@@ -23,6 +23,8 @@ struct Args {
     tokens: usize,
     repeats: usize,
     json: Option<PathBuf>,
+    /// Quantize the LM head too (`QuantizeConfig::with_lm_head`).
+    lm_head: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -38,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         tokens: 64,
         repeats: 5,
         json: None,
+        lm_head: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -48,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
             "--tokens" => a.tokens = val()?.parse().map_err(|e| format!("--tokens: {e}"))?,
             "--repeats" => a.repeats = val()?.parse().map_err(|e| format!("--repeats: {e}"))?,
             "--json" => a.json = Some(val()?.into()),
+            "--lm-head" => a.lm_head = true,
             // cargo bench passes `--bench`.
             "--bench" => {}
             other => return Err(format!("unknown argument `{other}`")),
@@ -103,7 +107,7 @@ fn bench_model(path: &Path, args: &Args, device: &Device) -> Result<Row, String>
         device,
     );
     let stats = qmodel.calibrate(calib);
-    let cfg = QuantizeConfig::new(Any4Config::new(Format::Any4));
+    let cfg = QuantizeConfig::new(Any4Config::new(Format::Any4)).with_lm_head(args.lm_head);
     let (qmodel, report) = quantize(qmodel, &cfg, Some(&stats)).map_err(|e| err(&e))?;
     let prompt = tok
         .encode("The capital of France is", true)
@@ -131,7 +135,12 @@ fn bench_model(path: &Path, args: &Args, device: &Device) -> Result<Row, String>
         any4: median(q),
         dense_mb: weights * 4.0 / 1e6,
         any4_mb: weights * report.bits_per_weight() / 8.0 / 1e6,
-        head_mb: (c.vocab_size * c.hidden_size) as f64 * 4.0 / 1e6,
+        // With `--lm-head` the head is among the quantized (linear) weights.
+        head_mb: if args.lm_head {
+            0.0
+        } else {
+            (c.vocab_size * c.hidden_size) as f64 * 4.0 / 1e6
+        },
     })
 }
 
@@ -165,8 +174,15 @@ fn main() {
     }
     let mut md = format!(
         "backend `{}` ({device:?}), greedy decode of {} tokens after a 6-token prompt, median of {} \
-         alternating runs\n\n| model | dense tokens/s | any4 tokens/s | speed-up | linear weights dense → any4 (MB) | LM head, dense f32 (MB) |\n|---|---|---|---|---|---|\n",
-        args.backend, args.tokens, args.repeats
+         alternating runs{}\n\n| model | dense tokens/s | any4 tokens/s | speed-up | linear weights dense → any4 (MB) | LM head, dense f32 (MB) |\n|---|---|---|---|---|---|\n",
+        args.backend,
+        args.tokens,
+        args.repeats,
+        if args.lm_head {
+            "; LM head quantized to any4 too (`--lm-head`: in the linear weights column)"
+        } else {
+            "; LM head dense (as in the paper)"
+        }
     );
     for r in &rows {
         let _ = writeln!(
@@ -190,7 +206,7 @@ fn main() {
                     "model": r.model, "tokens": args.tokens, "dense_tokens_per_s": r.dense,
                     "any4_tokens_per_s": r.any4, "speedup": r.any4 / r.dense,
                     "linear_mb_dense": r.dense_mb, "linear_mb_any4": r.any4_mb,
-                    "lm_head_mb": r.head_mb})
+                    "lm_head_mb": r.head_mb, "lm_head_quantized": args.lm_head})
             })
             .collect();
         let text = serde_json::to_string_pretty(&json).expect("json");

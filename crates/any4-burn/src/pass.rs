@@ -64,6 +64,17 @@ impl QuantizeConfig {
         self.include.push(LayerPattern::new(pattern)?);
         Ok(self)
     }
+    /// Also quantize the LM head (`lm_head`), which [`new`](Self::new) leaves dense as the paper
+    /// does: on a small model it is the largest matrix a decode step reads (SmolLM2-135M: 113 MB
+    /// in f32 against 62 MB for every other layer in any4), at some cost in perplexity.
+    pub fn with_lm_head(mut self, on: bool) -> Self {
+        self.exclude.retain(|p| p.as_str() != "lm_head");
+        if !on {
+            self.exclude
+                .push(LayerPattern::new("lm_head").expect("valid default pattern"));
+        }
+        self
+    }
     /// Show a progress bar.
     pub fn with_progress(mut self, on: bool) -> Self {
         self.progress = on;

@@ -190,7 +190,11 @@ struct QuantizeArgs {
     /// Calibrate block by block on the already-quantized earlier blocks.
     #[arg(long)]
     sequential: bool,
-    /// Leave layers matching this pattern dense (repeatable; `lm_head` and embeddings always).
+    /// Also quantize the LM head (left dense by default, as in the paper); embeddings stay dense.
+    #[arg(long)]
+    lm_head: bool,
+    /// Leave layers matching this pattern dense (repeatable; embeddings always, `lm_head` unless
+    /// `--lm-head`).
     #[arg(long)]
     skip: Vec<String>,
     /// Print a one-line JSON summary (format, bits/weight, errors, pass seconds) on stdout.
@@ -285,7 +289,9 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     if a.symmetric {
         any4 = any4.with_scaling(Scaling::Symmetric);
     }
-    let mut cfg = QuantizeConfig::new(any4).with_progress(true);
+    let mut cfg = QuantizeConfig::new(any4)
+        .with_lm_head(a.lm_head)
+        .with_progress(true);
     for p in &a.skip {
         cfg = cfg.exclude(p)?;
     }
