@@ -330,7 +330,10 @@ fn main() {
             std::process::exit(1);
         }
     }
-    if let Some(r) = records.iter().find(|r| !(r.rel_diff <= MAX_REL_DIFF)) {
+    if let Some(r) = records
+        .iter()
+        .find(|r| r.rel_diff.is_nan() || r.rel_diff > MAX_REL_DIFF)
+    {
         eprintln!(
             "bench kernels: dense and any4 outputs differ ({:.1e} > {MAX_REL_DIFF:.0e}) at M = {}, {}×{}: the timings above are not trustworthy",
             r.rel_diff, r.m, r.n, r.k
