@@ -87,23 +87,7 @@ fn quantize_inspect_generate_eval_round_trip() {
     assert!(stderr(&o).contains("tokens/s"), "{}", stderr(&o));
 
     let heldout = model.join("heldout.txt");
-    let run_eval = |m: &Path| {
-        let o = any4(&[
-            "eval",
-            "--model",
-            m.to_str().unwrap(),
-            "--text",
-            heldout.to_str().unwrap(),
-            "--seq-len",
-            "256",
-            "--max-windows",
-            "4",
-            "--json",
-        ]);
-        assert!(o.status.success(), "eval failed: {}", stderr(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("eval --json is JSON");
-        v["ppl"].as_f64().expect("ppl")
-    };
+    let run_eval = |m: &Path| eval_ppl(m, &heldout, 4);
     let (dense, quant) = (run_eval(&model), run_eval(&out));
     assert!(
         dense.is_finite() && dense > 1.0 && dense < 200.0,
@@ -140,23 +124,7 @@ fn dequantize_gives_a_dense_model_with_the_same_perplexity() {
     assert!(stdout(&o).contains("0 quantized layers"), "{}", stdout(&o));
 
     let heldout = tiny_llama().join("heldout.txt");
-    let ppl = |m: &Path| {
-        let o = any4(&[
-            "eval",
-            "--model",
-            m.to_str().unwrap(),
-            "--text",
-            heldout.to_str().unwrap(),
-            "--seq-len",
-            "256",
-            "--max-windows",
-            "2",
-            "--json",
-        ]);
-        assert!(o.status.success(), "eval failed: {}", stderr(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("eval --json is JSON");
-        v["ppl"].as_f64().expect("ppl")
-    };
+    let ppl = |m: &Path| eval_ppl(m, &heldout, 2);
     let (p_quant, p_dense) = (ppl(quant), ppl(&dense));
     assert!(
         p_quant.is_finite() && (p_dense - p_quant).abs() <= 1e-3 * p_quant,
@@ -688,4 +656,24 @@ fn killed_quantize_leaves_a_loadable_checkpoint() {
     );
     assert!(saw_old >= 1 && saw_new >= 1, "old {saw_old}, new {saw_new}");
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+}
+
+/// `any4 eval --json` perplexity of `model` on the first `windows` 256-token windows of `text`.
+fn eval_ppl(model: &Path, text: &Path, windows: usize) -> f64 {
+    let windows = windows.to_string();
+    let o = any4(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--seq-len",
+        "256",
+        "--max-windows",
+        &windows,
+        "--json",
+    ]);
+    assert!(o.status.success(), "eval failed: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("eval --json is JSON");
+    v["ppl"].as_f64().expect("ppl")
 }

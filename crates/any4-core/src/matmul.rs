@@ -43,13 +43,7 @@ impl QuantizedView<'_> {
     /// [`MatmulPrecision`]); `Int8Activations` is the fast decode path.
     pub fn matmul_with(&self, x: &[f32], m: usize, precision: MatmulPrecision) -> Result<Vec<f32>> {
         let (n, k) = (self.rows(), self.cols());
-        if x.len() != m * k {
-            return Err(Any4Error::ShapeMismatch {
-                what: "activations [m, cols]",
-                expected: m * k,
-                got: x.len(),
-            });
-        }
+        check_activations(x, m, k)?;
         let isa = Isa::detect();
         let group = self.group_len();
         // Σ_{j∈g} x[m, j] for every (m, g), shared by all rows.
@@ -157,13 +151,7 @@ impl QuantizedView<'_> {
     /// f32 throughout; results differ from [`matmul`](Self::matmul) by summation order only.
     pub fn matmul_panels(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let (n, k) = (self.rows(), self.cols());
-        if x.len() != m * k {
-            return Err(Any4Error::ShapeMismatch {
-                what: "activations [m, cols]",
-                expected: m * k,
-                got: x.len(),
-            });
-        }
+        check_activations(x, m, k)?;
         if m == 0 || n == 0 {
             return Ok(vec![0.0; m * n]);
         }
@@ -240,6 +228,18 @@ pub fn dense_matmul(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Resul
             }
         });
     Ok(transpose(yt, n, m))
+}
+
+/// `x` must be `[m, k]`.
+fn check_activations(x: &[f32], m: usize, k: usize) -> Result<()> {
+    if x.len() == m * k {
+        return Ok(());
+    }
+    Err(Any4Error::ShapeMismatch {
+        what: "activations [m, cols]",
+        expected: m * k,
+        got: x.len(),
+    })
 }
 
 /// `[rows, cols]` → `[cols, rows]` (a no-op for a single column).
