@@ -1,8 +1,11 @@
 //! any4 matmul vs the dense matmul of the same backend and dtype, measured in the same run.
 //!
 //! `cargo xtask bench kernels [--backend flex|cpu|wgpu|cuda] [--sizes 1024,4096]
-//! [--shapes 16384x8192] [--batch 1,16] [--repeats N] [--json FILE]` (or `cargo bench --bench
-//! kernels --features <backend> -- ...`).
+//! [--shapes 16384x8192] [--batch 1,16] [--dtype f32|f16|bf16] [--repeats N] [--json FILE]` (or
+//! `cargo bench --bench kernels --features <backend> -- ...`).
+//!
+//! `--dtype` is the activation and dense-weight dtype (f16/bf16: the GPU baseline; the any4 side
+//! takes the activation in that dtype and returns its output in it, as `Any4Linear` does).
 //!
 //! For every square size `K = N` (and every `N×K` shape) and batch `M`: random any4 weights (per-row learned-style tables,
 //! per-group scales: kernel speed does not depend on the values) through `QLinear`'s any4 path,
@@ -22,7 +25,7 @@ use std::time::Instant;
 use any4_burn::Any4Linear;
 use any4_core::rng::SplitMix64;
 use any4_core::{Any4Config, Format, GroupSize, QuantizedMatrix};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 /// Bytes each side's rotation should exceed.
 const ROTATION_BYTES: usize = 128 << 20;
@@ -36,6 +39,7 @@ struct Args {
     batches: Vec<usize>,
     repeats: usize,
     json: Option<PathBuf>,
+    dtype: DType,
 }
 
 fn parse_list(s: &str) -> Result<Vec<usize>, String> {
@@ -74,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
         batches: vec![1, 4, 16, 64],
         repeats: 15,
         json: None,
+        dtype: DType::F32,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -85,6 +90,14 @@ fn parse_args() -> Result<Args, String> {
             "--batch" => a.batches = parse_list(&val()?)?,
             "--repeats" => a.repeats = val()?.parse().map_err(|_| "--repeats needs a number")?,
             "--json" => a.json = Some(val()?.into()),
+            "--dtype" => {
+                a.dtype = match val()?.as_str() {
+                    "f32" => DType::F32,
+                    "f16" => DType::F16,
+                    "bf16" => DType::BF16,
+                    other => return Err(format!("--dtype `{other}`: f32, f16 or bf16")),
+                }
+            }
             "--bench" => {} // passed by `cargo bench`
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -122,6 +135,14 @@ fn device(backend: &str) -> Result<Device, String> {
         other => Err(format!(
             "backend `{other}` is not compiled in: build with `--features {other}` (flex is always on)"
         )),
+    }
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
     }
 }
 
@@ -179,7 +200,11 @@ fn median_us(repeats: usize, mut f: impl FnMut()) -> f64 {
 /// dropped unread was measured at 30 µs for a 4096² matvec that takes 280 ms on lavapipe when
 /// its values are read (the 2026-11-29 wgpu table before this fix was such an artefact).
 fn sync(y: Tensor<2>) {
-    let values = y.into_data().try_to_vec::<f32>().unwrap_or_default();
+    let values = y
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
     std::hint::black_box(values.iter().sum::<f32>());
 }
 
@@ -236,21 +261,25 @@ fn main() {
     for &(n, k) in &args.shapes {
         let q = random_any4(n, k, (n * 31 + k) as u64);
         let (qa, cold_a) = copies(n * k / 2);
-        let (qd, cold_d) = copies(n * k * 4);
+        let (qd, cold_d) = copies(n * k * if args.dtype == DType::F32 { 4 } else { 2 });
         let any4: Vec<Any4Linear> = (0..qa)
             .map(|_| Any4Linear::from_quantized(&q, None, &dev))
             .collect();
         let dense_w = q.dequantize();
         let dense: Vec<Tensor<2>> = (0..qd)
             .map(|_| {
-                Tensor::<2>::from_data(TensorData::new(dense_w.clone(), [n, k]), &dev).transpose()
+                let data = TensorData::new(dense_w.clone(), [n, k]).convert_dtype(args.dtype);
+                Tensor::<2>::from_data(data, (&dev, args.dtype)).transpose()
             })
             .collect();
         drop(dense_w);
         for &m in &args.batches {
             let mut r = SplitMix64::new(7);
             let xv: Vec<f32> = (0..m * k).map(|_| r.next_gaussian() as f32).collect();
-            let x = Tensor::<2>::from_data(TensorData::new(xv, [m, k]), &dev);
+            let x = Tensor::<2>::from_data(
+                TensorData::new(xv, [m, k]).convert_dtype(args.dtype),
+                (&dev, args.dtype),
+            );
             let rel_diff = rel_diff(
                 x.clone().matmul(dense[0].clone()),
                 any4[0].forward(x.clone()),
@@ -282,8 +311,9 @@ fn main() {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "backend `{}` ({device_name}), f32 activations, any4 G=128\n",
-        args.backend
+        "backend `{}` ({device_name}), {} activations and dense weights, any4 G=128\n",
+        args.backend,
+        dtype_name(args.dtype)
     );
     let _ = writeln!(
         table,
@@ -313,7 +343,7 @@ fn main() {
         let json: Vec<serde_json::Value> = records
             .iter()
             .map(|r| {
-                serde_json::json!({"backend": args.backend, "device": device_name, "dtype": "f32",
+                serde_json::json!({"backend": args.backend, "device": device_name, "dtype": dtype_name(args.dtype),
                     "format": "any4", "m": r.m, "k": r.k, "n": r.n, "dense_us": r.dense_us,
                     "any4_us": r.any4_us, "speedup": r.dense_us / r.any4_us, "weights_from_memory": r.cold,
                     "output_rel_diff": r.rel_diff})
