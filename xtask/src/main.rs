@@ -5,6 +5,7 @@
 use std::process::{Command, ExitCode};
 
 mod fetch;
+mod gpu;
 mod plot;
 mod report;
 
@@ -13,6 +14,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
         Some("ci") => run("bash", &[".ci/run"], &[]),
+        Some("gpu-kit") => report_result("gpu-kit", gpu::kit()),
         Some("report") => match args.get(1).map(String::as_str) {
             Some("accuracy") => report_result("report accuracy", report::accuracy(&args[2..])),
             _ => {
@@ -40,7 +42,7 @@ fn main() -> ExitCode {
                 "  bench core     run the any4-core benches (quantization time, CPU matmul vs dense)"
             );
             println!(
-                "  bench kernels [--backend flex|cpu|wgpu|cuda] [--sizes 1024,4096] [--batch 1,16] [--repeats N] [--json FILE]"
+                "  bench kernels [--backend flex|cpu|wgpu|cuda] [--sizes 1024,4096] [--shapes NxK] [--batch 1,16] [--dtype f32|f16|bf16] [--repeats N] [--json FILE]"
             );
             println!("                 any4 vs dense matmul on one backend, same run");
             println!(
@@ -60,6 +62,9 @@ fn main() -> ExitCode {
                 "  plot kernels [FILE.json...]  bench/results/kernels-*.json → bench/results/kernels.png"
             );
             println!("  ci             run .ci/run (what CI runs)");
+            println!(
+                "  gpu-kit        build the CUDA tests and benches into target/gpu-kit (run.sh on a device)"
+            );
             ExitCode::SUCCESS
         }
         Some(other) => {
