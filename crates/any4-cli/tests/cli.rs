@@ -182,6 +182,13 @@ fn errors_are_one_line_with_a_nonzero_exit() {
     let o = any4(&["inspect", tiny_llama().to_str().unwrap()]);
     assert_one_line_error(&o, "not an any4 checkpoint");
 
+    let gguf = tiny_llama().join("../tiny-gguf/tiny-gguf-q8_0.gguf");
+    let o = any4(&["inspect", gguf.to_str().unwrap()]);
+    assert_one_line_error(
+        &o,
+        "tiny-gguf-q8_0.gguf: a GGUF model, not an any4 checkpoint",
+    );
+
     let empty = std::env::temp_dir().join(format!("any4-cli-empty-{}.gguf", std::process::id()));
     std::fs::write(&empty, b"").unwrap();
     let o = any4(&[
