@@ -194,18 +194,16 @@ fn median_us(repeats: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-/// Read the output back and touch every value: forces the backend to finish the call.
+/// Wait for the call: reduce the output on the device and read that one value back.
 ///
-/// Touching matters: on the Cube backends `into_data` returns lazily-read bytes, and a result
+/// Reading matters: on the Cube backends `into_data` returns lazily-read bytes, and a result
 /// dropped unread was measured at 30 µs for a 4096² matvec that takes 280 ms on lavapipe when
-/// its values are read (the 2026-11-29 wgpu table before this fix was such an artefact).
+/// read (the first wgpu table of 2026-11-29 was such an artefact). The sum depends on every
+/// output value, so the whole product is computed, while the host copies one number instead of
+/// `M × N` (on a GPU a full readback would dwarf the kernel).
 fn sync(y: Tensor<2>) {
-    let values = y
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
-    std::hint::black_box(values.iter().sum::<f32>());
+    let s = y.sum().into_data().convert::<f32>();
+    std::hint::black_box(s.try_to_vec::<f32>().unwrap_or_default());
 }
 
 /// `max |a − b| / max |a|` over two outputs of the same shape.
@@ -217,7 +215,8 @@ fn rel_diff(a: Tensor<2>, b: Tensor<2>) -> f64 {
             .unwrap_or_default()
     };
     let (a, b) = (to_vec(a), to_vec(b));
-    if a.len() != b.len() || a.is_empty() {
+    // `f64::max` skips NaN: a non-finite output must fail the check, not vanish from it.
+    if a.len() != b.len() || a.is_empty() || !a.iter().chain(&b).all(|v| v.is_finite()) {
         return f64::INFINITY;
     }
     let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
@@ -339,6 +338,16 @@ fn main() {
         );
     }
     println!("{table}");
+    if let Some(r) = records
+        .iter()
+        .find(|r| r.rel_diff.is_nan() || r.rel_diff > MAX_REL_DIFF)
+    {
+        eprintln!(
+            "bench kernels: dense and any4 outputs differ ({:.1e} > {MAX_REL_DIFF:.0e}) at M = {}, {}×{}: the timings above are not trustworthy",
+            r.rel_diff, r.m, r.n, r.k
+        );
+        std::process::exit(1);
+    }
     if let Some(path) = &args.json {
         let json: Vec<serde_json::Value> = records
             .iter()
@@ -359,15 +368,5 @@ fn main() {
             eprintln!("bench kernels: cannot write {}: {e}", md.display());
             std::process::exit(1);
         }
-    }
-    if let Some(r) = records
-        .iter()
-        .find(|r| r.rel_diff.is_nan() || r.rel_diff > MAX_REL_DIFF)
-    {
-        eprintln!(
-            "bench kernels: dense and any4 outputs differ ({:.1e} > {MAX_REL_DIFF:.0e}) at M = {}, {}×{}: the timings above are not trustworthy",
-            r.rel_diff, r.m, r.n, r.k
-        );
-        std::process::exit(1);
     }
 }

@@ -938,3 +938,6 @@ backend_tests!(
     cube_wgpu,
     Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)
 );
+
+#[cfg(feature = "cuda")]
+backend_tests!(cube_cuda, Device::cuda(0));

@@ -44,6 +44,9 @@ impl QuantizedView<'_> {
     pub fn matmul_with(&self, x: &[f32], m: usize, precision: MatmulPrecision) -> Result<Vec<f32>> {
         let (n, k) = (self.rows(), self.cols());
         check_activations(x, m, k)?;
+        if m == 0 || n == 0 {
+            return Ok(vec![0.0; m * n]);
+        }
         let isa = Isa::detect();
         let group = self.group_len();
         // Σ_{j∈g} x[m, j] for every (m, g), shared by all rows.
@@ -83,7 +86,8 @@ impl QuantizedView<'_> {
         let words = self.row_codes(row);
         let full = q.blocks * BLOCK;
         for (i, yi) in y.iter_mut().enumerate() {
-            let mut acc = self.row_q8(row, &t8, q, i);
+            // SAFETY: as for the table above.
+            let mut acc = unsafe { self.row_q8(row, &t8, q, i) };
             for g in 0..groups {
                 acc += (zeros[g] + scales[g] * t8.mid) * xsum[i * groups + g];
             }

@@ -510,4 +510,10 @@ fn panel_gemm_refuses_a_wrong_activation_length() {
     let q = quantize(&w, [4, 64], None, &cfg(Format::Any4)).unwrap();
     assert!(q.view().matmul_panels(&[0.0; 63], 1).is_err());
     assert_eq!(q.view().matmul_panels(&[], 0).unwrap(), Vec::<f32>::new());
+    for precision in [MatmulPrecision::Exact, MatmulPrecision::Int8Activations] {
+        assert_eq!(
+            q.view().matmul_with(&[], 0, precision).unwrap(),
+            Vec::<f32>::new()
+        );
+    }
 }

@@ -499,6 +499,13 @@ macro_rules! runtime_tests {
                     #[test]
                     fn $test() {
                         let Some(client) = client() else {
+                            // The GPU check (bench/gpu/run.sh) sets this: there a missing device
+                            // is a failure, not a skip.
+                            assert!(
+                                std::env::var_os("ANY4_REQUIRE_DEVICE").is_none(),
+                                "{}: no device, and ANY4_REQUIRE_DEVICE is set",
+                                stringify!($name)
+                            );
                             eprintln!("{}: no device, skipped", stringify!($name));
                             return;
                         };
