@@ -3,6 +3,10 @@
 //! the `kernels` / `decode` benches here (release, NVRTC compiles the kernels on the device),
 //! strips and xz-compresses them into `target/gpu-kit/bin`, and adds `bench/gpu/run.sh` and the
 //! embedded tiny model. On the device: `bash target/gpu-kit/run.sh` (results under `$OUT`).
+//!
+//! All four binaries (~20 MiB each compressed) exceed what one device call carries, so the kit
+//! is built in two parts, one device call each: `gpu-kit tests` (kernel and Cube-route
+//! integration tests; the crates' own unit tests do not touch a GPU) and `gpu-kit benches`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,8 +17,11 @@ const KIT: &str = "target/gpu-kit";
 /// The device tool carries at most 64 MiB per call; leave room for the model and the script.
 const MAX_KIT_BYTES: u64 = 60 << 20;
 
-/// Build and pack the kit.
-pub fn kit() -> Result<()> {
+/// Build and pack one part of the kit: `tests` or `benches`.
+pub fn kit(part: &str) -> Result<()> {
+    if !matches!(part, "tests" | "benches") {
+        return Err(format!("part `{part}`: expected `tests` or `benches`"));
+    }
     let root = std::env::current_dir().map_err(|e| e.to_string())?;
     let shim = root.join(".ci/llvm-shim");
     if !shim.exists() {
@@ -31,47 +38,52 @@ pub fn kit() -> Result<()> {
             std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target-cuda".into()),
         ),
     ];
-    let tests = cargo_executables(
-        &[
-            "test",
-            "--release",
-            "--locked",
-            "-p",
-            "any4-kernels",
-            "-p",
-            "any4-burn",
-            "--features",
-            "any4-kernels/cuda,any4-burn/cuda",
-            "--no-run",
-        ],
-        &env,
-    )?;
-    let benches = cargo_executables(
-        &[
-            "bench",
-            "--locked",
-            "-p",
-            "burn-any4",
-            "--bench",
-            "kernels",
-            "--bench",
-            "decode",
-            "--features",
-            "cuda",
-            "--no-run",
-        ],
-        &env,
-    )?;
+    let built = if part == "tests" {
+        cargo_executables(
+            &[
+                "test",
+                "--release",
+                "--locked",
+                "-p",
+                "any4-kernels",
+                "-p",
+                "any4-burn",
+                "--features",
+                "any4-kernels/cuda,any4-burn/cuda",
+                "--no-run",
+            ],
+            &env,
+        )?
+    } else {
+        cargo_executables(
+            &[
+                "bench",
+                "--locked",
+                "-p",
+                "burn-any4",
+                "--bench",
+                "kernels",
+                "--bench",
+                "decode",
+                "--features",
+                "cuda",
+                "--no-run",
+            ],
+            &env,
+        )?
+    };
     let kit = Path::new(KIT);
     let _ = std::fs::remove_dir_all(kit);
     let bin = kit.join("bin");
     std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
     let mut packed = Vec::new();
-    for (pkg, target, exe) in tests {
-        packed.push(pack(&exe, &bin.join(format!("test-{pkg}-{target}")))?);
-    }
-    for (_, target, exe) in benches {
-        packed.push(pack(&exe, &bin.join(format!("bench-{target}")))?);
+    for (pkg, target, exe) in built {
+        let name = if part == "tests" {
+            format!("test-{pkg}-{target}")
+        } else {
+            format!("bench-{target}")
+        };
+        packed.push(pack(&exe, &bin.join(name))?);
     }
     copy(Path::new("bench/gpu/run.sh"), &kit.join("run.sh"))?;
     let model = kit.join("models/tiny-llama");
@@ -87,7 +99,7 @@ pub fn kit() -> Result<()> {
         eprintln!("  {}", p.display());
     }
     eprintln!(
-        "xtask gpu-kit: {} ({:.1} MiB); on the device: bash {KIT}/run.sh",
+        "xtask gpu-kit {part}: {} ({:.1} MiB); on the device: bash {KIT}/run.sh",
         kit.display(),
         total as f64 / (1 << 20) as f64
     );
@@ -129,6 +141,13 @@ fn cargo_executables(
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        // The crates' unit tests (`lib` targets) run on no GPU: leave them out.
+        let is_lib = v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "lib"));
+        if is_lib {
+            continue;
+        }
         let (Some(exe), Some(target), Some(manifest)) = (
             v["executable"].as_str(),
             v["target"]["name"].as_str(),

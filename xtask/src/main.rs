@@ -14,7 +14,10 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
         Some("ci") => run("bash", &[".ci/run"], &[]),
-        Some("gpu-kit") => report_result("gpu-kit", gpu::kit()),
+        Some("gpu-kit") => report_result(
+            "gpu-kit",
+            gpu::kit(args.get(1).map_or("tests", String::as_str)),
+        ),
         Some("report") => match args.get(1).map(String::as_str) {
             Some("accuracy") => report_result("report accuracy", report::accuracy(&args[2..])),
             _ => {
@@ -63,7 +66,7 @@ fn main() -> ExitCode {
             );
             println!("  ci             run .ci/run (what CI runs)");
             println!(
-                "  gpu-kit        build the CUDA tests and benches into target/gpu-kit (run.sh on a device)"
+                "  gpu-kit tests|benches  build that part of the GPU check into target/gpu-kit (run.sh on a device)"
             );
             ExitCode::SUCCESS
         }
