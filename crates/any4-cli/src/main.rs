@@ -351,23 +351,13 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     Ok(())
 }
 
-/// Whether `path` is a file starting with the GGUF magic.
-fn is_gguf(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && &magic == b"GGUF"
-}
-
 fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
     let file = if a.path.is_dir() {
         a.path.join("model.safetensors")
     } else {
         a.path.clone()
     };
-    if is_gguf(&file) {
+    if any4_llm::is_gguf(&file) {
         return Err(format!(
             "{}: a GGUF model, not an any4 checkpoint: `inspect` reads what `any4 quantize` writes \
              (quantize it with `any4 quantize --model {} --out DIR`, then inspect DIR)",

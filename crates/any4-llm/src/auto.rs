@@ -19,8 +19,8 @@ use crate::load::{TensorSource, load_model, load_pretrained};
 use crate::model::{Llama, hf_tensor_shapes};
 use crate::tokenizer::Tokenizer;
 
-/// Whether `path` starts with the GGUF magic.
-fn is_gguf(path: &Path) -> bool {
+/// Whether `path` is a file starting with the GGUF magic.
+pub fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
     std::fs::File::open(path)

@@ -42,7 +42,7 @@ mod moe;
 mod rope;
 mod tokenizer;
 
-pub use auto::{GgufSource, load_auto, load_gguf, save_any4};
+pub use auto::{GgufSource, is_gguf, load_auto, load_gguf, save_any4};
 pub use config::{
     Architecture, LlamaConfig, MoeConfig, RopeConfig, RopeScaling, RopeScalingConfig, TokenIds,
 };
