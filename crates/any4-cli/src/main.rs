@@ -540,28 +540,24 @@ fn one_line(e: &dyn std::error::Error) -> String {
 /// must not print a second line.
 static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
+/// Run `f`, which writes into `out`: a failed run leaves no empty output folder behind (one that
+/// existed before stays).
+fn removing_new_dir_on_error(out: &Path, f: impl FnOnce() -> AnyResult<()>) -> AnyResult<()> {
+    let created = !out.exists();
+    f().inspect_err(|_| {
+        if created {
+            let _ = std::fs::remove_dir(out);
+        }
+    })
+}
+
 fn run(cli: Cli) -> AnyResult<()> {
     let device = cli.backend.device()?;
     match cli.cmd {
-        Cmd::Quantize(a) => {
-            // A failed run leaves no empty output folder behind (one it did not create stays).
-            let created = !a.out.exists();
-            let out = a.out.clone();
-            cmd_quantize(a, &device).inspect_err(|_| {
-                if created {
-                    let _ = std::fs::remove_dir(&out);
-                }
-            })
-        }
+        Cmd::Quantize(a) => removing_new_dir_on_error(&a.out.clone(), || cmd_quantize(a, &device)),
         Cmd::Inspect(a) => cmd_inspect(a),
         Cmd::Dequantize(a) => {
-            let created = !a.out.exists();
-            let out = a.out.clone();
-            cmd_dequantize(a, &device).inspect_err(|_| {
-                if created {
-                    let _ = std::fs::remove_dir(&out);
-                }
-            })
+            removing_new_dir_on_error(&a.out.clone(), || cmd_dequantize(a, &device))
         }
         Cmd::Generate(a) => cmd_generate(a, &device),
         Cmd::Eval(a) => cmd_eval(a, &device),
