@@ -9,7 +9,8 @@
 
 use any4_core::rng::SplitMix64;
 use any4_core::{
-    Any4Config, Format, MatmulPrecision, QuantizedMatrix, Solver, dense_matmul, quantize,
+    Any4Config, Format, GptqConfig, Gram, HessianFactor, MatmulPrecision, QuantizedMatrix, Solver,
+    dense_matmul, quantize, quantize_gptq,
 };
 use divan::Bencher;
 
@@ -49,6 +50,56 @@ fn quantize_4096x4096(bencher: Bencher, which: &str) {
         other => Any4Config::new(other.parse().expect("format name")),
     };
     bencher.bench(|| quantize(&w, [K4096, K4096], Some(&s), &cfg).expect("quantize"));
+}
+
+/// Calibration tokens of the GPTQ benches (rank-deficient at K = 4096: damping makes `H`
+/// definite, as with a short calibration text).
+const CALIB_TOKENS: usize = 512;
+
+fn calibration_gram(k: usize) -> Gram {
+    let x = student_t(CALIB_TOKENS, k, 5);
+    let mut g = Gram::new(k, u64::MAX).expect("gram");
+    g.accumulate(&x, CALIB_TOKENS).expect("accumulate");
+    g
+}
+
+/// Recording 512 calibration tokens into a 4096-wide Gram matrix (f64).
+#[divan::bench(sample_count = 3, sample_size = 1)]
+fn gram_512x4096(bencher: Bencher) {
+    let x = student_t(CALIB_TOKENS, K4096, 5);
+    bencher.bench(|| {
+        let mut g = Gram::new(K4096, u64::MAX).expect("gram");
+        g.accumulate(&x, CALIB_TOKENS).expect("accumulate");
+        g
+    });
+}
+
+/// The dampened Cholesky factor error feedback runs on (once per distinct layer input).
+#[divan::bench(sample_count = 3, sample_size = 1)]
+fn gptq_factor_4096(bencher: Bencher) {
+    let g = calibration_gram(K4096);
+    bencher.bench(|| HessianFactor::new(&g, 0.01).expect("factor"));
+}
+
+/// Error feedback on a 4096 × 4096 layer (factor given; the budget is 10 s on 2 cores).
+#[divan::bench(args = ["any4", "int4"], sample_count = 3, sample_size = 1)]
+fn quantize_gptq_4096x4096(bencher: Bencher, which: &str) {
+    let w = student_t(K4096, K4096, 1);
+    let g = calibration_gram(K4096);
+    let f = HessianFactor::new(&g, 0.01).expect("factor");
+    let cfg = Any4Config::new(which.parse().expect("format name"));
+    let mean = g.mean();
+    bencher.bench(|| {
+        quantize_gptq(
+            &w,
+            [K4096, K4096],
+            Some(&mean),
+            &f,
+            &cfg,
+            &GptqConfig::default(),
+        )
+        .expect("gptq")
+    });
 }
 
 /// Enough copies of `bytes_each` to exceed 128 MB (4× this machine's L3).

@@ -85,6 +85,46 @@ pub enum Any4Error {
         /// The offending value.
         value: f32,
     },
+    /// A calibration input value is NaN or infinite.
+    #[error("calibration input at token {token}, channel {channel} is not finite ({value})")]
+    NonFiniteActivation {
+        /// Token (row of the input, 0-based).
+        token: usize,
+        /// Input channel (0-based).
+        channel: usize,
+        /// The offending value.
+        value: f32,
+    },
+    /// The `K × K` Gram matrix of a layer input would exceed the memory allowed for it.
+    #[error(
+        "the calibration Gram matrix for input width K = {k} needs {bytes} bytes, over the \
+         budget of {budget} bytes: raise the budget or use --method rtn"
+    )]
+    GramTooLarge {
+        /// Input width.
+        k: usize,
+        /// Bytes it would need (8·K² plus the channel sums).
+        bytes: u64,
+        /// Bytes allowed.
+        budget: u64,
+    },
+    /// Second-order calibration was asked for but the layer saw no calibration token.
+    #[error("the calibration Gram matrix has no tokens: run calibration before error feedback")]
+    NoCalibrationTokens,
+    /// The dampened Gram matrix has no Cholesky factor (singular or indefinite).
+    #[error(
+        "the dampened calibration Gram matrix is not positive definite at column {column} \
+         (damping {damp}): raise the damping or calibrate on more tokens"
+    )]
+    NotPositiveDefinite {
+        /// First column without a positive pivot (in the matrix's own order).
+        column: usize,
+        /// The damping fraction used.
+        damp: f64,
+    },
+    /// An option of a quantization method out of range.
+    #[error("invalid quantization method option: {0}")]
+    InvalidMethodOption(&'static str),
 }
 
 /// An infinite scale or zero from finite weights means the group's range overflowed the

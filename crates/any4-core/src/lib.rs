@@ -20,21 +20,30 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod act_scale;
 mod config;
 mod error;
+pub mod gptq;
+pub mod gram;
 mod int8;
 pub mod kmeans;
 pub mod levels;
+mod linalg;
 mod matmul;
+mod method;
 pub mod pack;
 mod quantize;
 pub mod rng;
 mod simd;
 mod view;
 
+pub use act_scale::{ActScale, ActScaleConfig};
 pub use config::{Any4Config, Format, GroupSize, Init, KMeansConfig, ParamDtype, Scaling, Solver};
 pub use error::{Any4Error, Result};
+pub use gptq::{GptqConfig, GroupParams, HessianFactor, quantize_gptq};
+pub use gram::{Gram, OutputError};
 pub use int8::MatmulPrecision;
 pub use matmul::dense_matmul;
+pub use method::Method;
 pub use quantize::{QuantizedMatrix, Reconstruction, TABLE_LEN, quantize};
 pub use view::QuantizedView;

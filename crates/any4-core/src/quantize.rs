@@ -95,7 +95,11 @@ pub fn quantize(
     Ok(q)
 }
 
-fn validate_input(weights: &[f32], [rows, cols]: [usize; 2], stats: Option<&[f32]>) -> Result<()> {
+pub(crate) fn validate_input(
+    weights: &[f32],
+    [rows, cols]: [usize; 2],
+    stats: Option<&[f32]>,
+) -> Result<()> {
     if rows == 0 {
         return Err(Any4Error::NoRows);
     }
@@ -177,28 +181,17 @@ impl RowContext<'_> {
             .collect();
         // 3. The table: fixed, or learned by weighted k-means on the scaled values.
         let levels = self.config.format().levels();
-        let mut table = [0.0f32; TABLE_LEN];
-        match self.fixed {
-            Some(t) => table = t,
+        let table = match self.fixed {
+            Some(t) => t,
             None => {
                 let sample_weights: Option<Vec<f32>> = self.stats.map(|x| {
                     (0..self.cols)
                         .map(|j| x[j].abs() * scales[j / self.group])
                         .collect()
                 });
-                let fit = kmeans::fit(
-                    &scaled,
-                    sample_weights.as_deref(),
-                    levels,
-                    self.config.kmeans(),
-                    row as u64,
-                );
-                for (i, t) in table.iter_mut().enumerate() {
-                    let c = fit.centroids[i.min(fit.centroids.len() - 1)];
-                    *t = dtype.round(c);
-                }
+                learn_table(&scaled, sample_weights.as_deref(), self.config, row)
             }
-        }
+        };
         table_out.copy_from_slice(&table);
         // 4. Nearest table entry for every weight.
         let valid = &table[..levels];
@@ -211,8 +204,25 @@ impl RowContext<'_> {
     }
 }
 
+/// The learned table of one row: weighted k-means on its scaled values (seeded by the row),
+/// centroids rounded to the parameter dtype; entries past the fitted centroids repeat the last.
+pub(crate) fn learn_table(
+    scaled: &[f32],
+    sample_weights: Option<&[f32]>,
+    config: &Any4Config,
+    row: usize,
+) -> [f32; TABLE_LEN] {
+    let levels = config.format().levels();
+    let fit = kmeans::fit(scaled, sample_weights, levels, config.kmeans(), row as u64);
+    std::array::from_fn(|i| {
+        config
+            .param_dtype()
+            .round(fit.centroids[i.min(fit.centroids.len() - 1)])
+    })
+}
+
 /// `(scale, zero)` of one group, rounded to `dtype` (scale kept strictly positive).
-fn group_params(chunk: &[f32], domain: Domain, dtype: ParamDtype) -> (f32, f32) {
+pub(crate) fn group_params(chunk: &[f32], domain: Domain, dtype: ParamDtype) -> (f32, f32) {
     let round_scale = |s: f32| dtype.round(s).max(dtype.min_positive());
     match domain {
         Domain::Range { lo, hi } => {

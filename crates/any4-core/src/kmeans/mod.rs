@@ -66,6 +66,33 @@ pub fn fit(
     }
 }
 
+/// As [`fit`], but Lloyd starts from `start` (e.g. a table learned on nearby data) instead of a
+/// fresh initialisation, which is cheaper and keeps the fit close to `start`; the exact solver
+/// ignores `start`. `start` must hold `k` finite values.
+pub fn refine(
+    values: &[f32],
+    weights: Option<&[f32]>,
+    start: &[f32],
+    cfg: &KMeansConfig,
+) -> KMeansFit {
+    let k = start.len();
+    assert!(k >= 1, "k-means needs k >= 1");
+    let points = Points::new(values, weights);
+    if points.len() <= k || cfg.solver() == Solver::Exact {
+        return fit(values, weights, k, cfg, 0);
+    }
+    let start = start.iter().map(|&c| c as f64).collect();
+    let (centroids, iterations) =
+        lloyd::run(&points, start, cfg.max_iter(), cfg.tol() as f64, None);
+    let mut centroids: Vec<f32> = centroids.iter().map(|&c| c as f32).collect();
+    centroids.sort_by(f32::total_cmp);
+    KMeansFit {
+        objective: objective(values, weights, &centroids),
+        centroids,
+        iterations,
+    }
+}
+
 /// `Σ_j w_j · min_c (x_j − c)²`, the quantity k-means minimises (f64 accumulation).
 pub fn objective(values: &[f32], weights: Option<&[f32]>, centroids: &[f32]) -> f64 {
     values
