@@ -30,6 +30,12 @@ pub enum Error {
         "no calibration statistics for layer `{0}` (was it reached by the calibration forward?)"
     )]
     MissingStats(String),
+    /// Error feedback was asked for but the calibration recorded no Gram matrix for a layer.
+    #[error(
+        "no calibration Gram matrix for layer `{0}`: error feedback needs a calibrator that records \
+         them (`QuantizeConfig::calibrator` / `Calibrator::with_gram`)"
+    )]
+    MissingGram(String),
     /// File system error, with the file.
     #[error("{}: {source}", path.display())]
     Io {

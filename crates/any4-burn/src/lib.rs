@@ -47,7 +47,8 @@ pub use linear::{
     transposed_contiguous,
 };
 pub use pass::{
-    BlockwiseModel, LayerReport, QuantizeConfig, Report, quantize, quantize_sequential,
+    BlockwiseModel, DEFAULT_GRAM_BUDGET, LayerReport, QuantizeConfig, Report, quantize,
+    quantize_sequential,
 };
 pub use pattern::LayerPattern;
 pub use weight::{Any4Backend, Any4Tensors, Any4Weight, CpuMatmul, Route, route};

@@ -9,11 +9,16 @@
 //!
 //! Only one layer's dense weight is copied to the host at a time; rows are quantized in
 //! parallel on all cores (any4-core), and the result does not depend on the thread count.
+//!
+//! With [`Method::Gptq`] (error feedback) the calibration must record Gram matrices
+//! ([`Calibrator::with_gram`]); the dampened Cholesky factor is computed once per distinct
+//! layer input and reused by the layers that share it (q/k/v, gate/up, visited in a row).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
-use any4_core::{Any4Config, quantize as quantize_matrix};
+use any4_core::{Any4Config, Gram, HessianFactor, Method, OutputError};
 use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -31,9 +36,19 @@ pub struct QuantizeConfig {
     pub include: Vec<LayerPattern>,
     /// Layers to leave dense; by default the LM head and embeddings.
     pub exclude: Vec<LayerPattern>,
+    /// How codes are assigned: round-to-nearest or error feedback.
+    pub method: Method,
+    /// Bytes of Gram matrices one calibration may hold (error feedback; see [`Calibrator`]).
+    pub gram_budget: u64,
+    /// Record Gram matrices even when the method does not need them, to report each layer's
+    /// output error on the calibration tokens ([`LayerReport::output_rel_err`]).
+    pub measure_output_error: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
 }
+
+/// Default [`QuantizeConfig::gram_budget`]: 4 GiB.
+pub const DEFAULT_GRAM_BUDGET: u64 = 4 << 30;
 
 impl Default for QuantizeConfig {
     fn default() -> Self {
@@ -51,7 +66,23 @@ impl QuantizeConfig {
                 .into_iter()
                 .map(|p| LayerPattern::new(p).expect("valid default pattern"))
                 .collect(),
+            method: Method::Rtn,
+            gram_budget: DEFAULT_GRAM_BUDGET,
+            measure_output_error: false,
             progress: false,
+        }
+    }
+    /// Set the method (error feedback needs a calibration with Gram matrices).
+    pub fn with_method(mut self, method: Method) -> Self {
+        self.method = method;
+        self
+    }
+    /// A calibrator recording what this configuration needs (Gram matrices for error feedback).
+    pub fn calibrator(&self) -> Calibrator {
+        if self.method.needs_gram() || self.measure_output_error {
+            Calibrator::with_gram(self.gram_budget)
+        } else {
+            Calibrator::new()
         }
     }
     /// Also leave layers matching `pattern` dense.
@@ -100,6 +131,9 @@ pub struct LayerReport {
     pub weighted_rel_mse: Option<f64>,
     /// Storage bits per weight.
     pub bits_per_weight: f64,
+    /// Relative output error on the calibration tokens, `tr(ΔHΔᵀ) / tr(WHWᵀ)` (when the
+    /// calibration recorded Gram matrices).
+    pub output_rel_err: Option<f64>,
     /// Calibration tokens the layer's statistics came from (`Some(0)`: attached but never
     /// reached, e.g. an expert no calibration token was routed to, so quantized unweighted).
     pub calib_tokens: Option<u64>,
@@ -146,6 +180,16 @@ impl Report {
         (n > 0.0).then(|| sum / n)
     }
 
+    /// Weight-averaged relative output error over the layers that had a Gram matrix.
+    pub fn output_rel_err(&self) -> Option<f64> {
+        let (sum, n) = self
+            .layers
+            .iter()
+            .filter_map(|l| l.output_rel_err.map(|e| (e, (l.shape[0] * l.shape[1]) as f64)))
+            .fold((0.0, 0.0), |(s, n), (e, w)| (s + e * w, n + w));
+        (n > 0.0).then(|| sum / n)
+    }
+
     /// Weight-averaged relative MSE.
     pub fn rel_mse(&self) -> f64 {
         let n = self.weights().max(1) as f64;
@@ -187,12 +231,31 @@ impl fmt::Display for Report {
     }
 }
 
-/// Quantize one dense layer in place; `stats` is its `x̄`, if calibrated.
+/// The factor of the most recent Gram matrix (layers sharing an input are visited in a row).
+#[derive(Default)]
+struct FactorCache(Option<(Arc<Gram>, Arc<HessianFactor>)>);
+
+impl FactorCache {
+    fn get(&mut self, gram: &Arc<Gram>, damp: f64) -> Result<Arc<HessianFactor>> {
+        if let Some((g, f)) = &self.0
+            && Arc::ptr_eq(g, gram)
+        {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(HessianFactor::new(gram, damp)?);
+        self.0 = Some((gram.clone(), f.clone()));
+        Ok(f)
+    }
+}
+
+/// Quantize one dense layer in place; `stats` is its `x̄`, if calibrated, `gram` its input's
+/// Gram matrix and (for error feedback) factor.
 fn quantize_layer(
     path: &str,
     layer: &mut QLinear,
-    any4: &Any4Config,
+    cfg: &QuantizeConfig,
     stats: Option<(&[f32], u64)>,
+    gram: Option<(&Gram, Option<&HessianFactor>)>,
 ) -> Result<LayerReport> {
     let start = Instant::now();
     let weight = layer.weight_hf();
@@ -200,7 +263,20 @@ fn quantize_layer(
     let [rows, cols] = weight.dims();
     let w = read_vec::<f32>(weight.into_data(), path)?;
     let mean = stats.map(|s| s.0);
-    let q = quantize_matrix(&w, [rows, cols], mean, any4)?;
+    let method = match gram {
+        Some((_, Some(_))) => cfg.method,
+        _ => Method::Rtn,
+    };
+    let q = method.quantize(&w, [rows, cols], mean, gram.and_then(|g| g.1), &cfg.any4)?;
+    let output_rel_err = match gram {
+        Some((g, _)) => {
+            let metric = OutputError::new(g)?;
+            let err = metric.eval(&w, &q.dequantize(), rows)?;
+            let energy = metric.eval(&w, &vec![0.0; w.len()], rows)?;
+            Some(err / energy.max(f64::MIN_POSITIVE))
+        }
+        None => None,
+    };
     let err = q.reconstruction_error(&w, mean)?;
     let energy = w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / w.len() as f64;
     let weighted_energy = mean.map(|m| {
@@ -217,6 +293,7 @@ fn quantize_layer(
         rel_mse: err.mse / energy.max(f64::MIN_POSITIVE),
         weighted_rel_mse: weighted_energy.map(|e| err.weighted_mse / e.max(f64::MIN_POSITIVE)),
         bits_per_weight: q.bits_per_weight(),
+        output_rel_err,
         calib_tokens: stats.map(|s| s.1),
         seconds: 0.0,
     };
@@ -261,6 +338,7 @@ fn quantize_selected(
     report: &mut Report,
 ) -> Result<()> {
     let mut result = Ok(());
+    let mut factors = FactorCache::default();
     model.visit_qlinears("", &mut |path, layer| {
         if result.is_err() || !filter(path) || !matches!(layer, QLinear::Dense(_)) {
             return;
@@ -284,7 +362,32 @@ fn quantize_selected(
             },
             None => None,
         };
-        match quantize_layer(path, layer, &cfg.any4, layer_stats) {
+        // Error feedback needs the layer input's Gram matrix (none for an unreached layer,
+        // which is rounded unweighted).
+        let gram = match stats.map(|s| s.gram(path)) {
+            Some(Err(e)) => {
+                result = Err(Error::from(e).in_layer(path));
+                return;
+            }
+            Some(Ok(g)) => g.cloned(),
+            None => None,
+        };
+        if cfg.method.needs_gram() && gram.is_none() && !unreached {
+            result = Err(Error::MissingGram(path.to_string()));
+            return;
+        }
+        let factor = match (&cfg.method, &gram) {
+            (Method::Gptq(g), Some(gram)) => match factors.get(gram, g.damp()) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    result = Err(e.in_layer(path));
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let gram = gram.as_deref().map(|g| (g, factor.as_deref()));
+        match quantize_layer(path, layer, cfg, layer_stats, gram) {
             Ok(r) => report.layers.push(LayerReport {
                 calib_tokens: if unreached { Some(0) } else { r.calib_tokens },
                 ..r
@@ -342,7 +445,7 @@ pub fn quantize_sequential<M: BlockwiseModel>(
     let bar = progress(cfg, count);
     let mut report = Report::default();
     let mut state = model.embed(input);
-    let mut calibrator = Calibrator::new();
+    let mut calibrator = cfg.calibrator();
     let blocks: Vec<String> = (0..model.num_blocks())
         .map(|i| model.block_path(i))
         .collect();

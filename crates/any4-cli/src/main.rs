@@ -14,13 +14,15 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use any4_burn::{
-    CALIBRATION_PROMPT, Calibrator, Checkpoint, QLinear, QLinearContainer, QuantizeConfig,
+    CALIBRATION_PROMPT, Checkpoint, QLinear, QLinearContainer, QuantizeConfig,
     check_finite, quantize, quantize_sequential,
 };
-use any4_core::{Any4Config, Format, GroupSize, ParamDtype, Scaling, Solver};
+use any4_core::{
+    Any4Config, Format, GptqConfig, GroupParams, GroupSize, Method, ParamDtype, Scaling, Solver,
+};
 use any4_llm::{
     Dataset, GenerateConfig, PerplexityConfig, Sampling, generate, load_auto, perplexity,
-    save_any4, token_tensor,
+    save_any4, token_tensor_batch,
 };
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -187,6 +189,29 @@ struct QuantizeArgs {
     /// Use at most this many calibration tokens.
     #[arg(long, default_value_t = 2048)]
     calib_tokens: usize,
+    /// Calibration window: longer calibration text is cut into windows of this many tokens
+    /// (one batch; a partial last window is dropped).
+    #[arg(long, default_value_t = 2048)]
+    calib_seq: usize,
+    /// How codes are assigned: `rtn` (round to nearest, the paper) or `gptq` (error feedback
+    /// through the calibration Gram matrix).
+    #[arg(long, default_value = "rtn", value_parser = ["rtn", "gptq"])]
+    method: String,
+    /// Error feedback: damping, as a fraction of the Gram matrix's mean diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    /// Error feedback: group scales from the original weights instead of the fed-back targets.
+    #[arg(long)]
+    static_groups: bool,
+    /// Error feedback: keep the first table of learned formats (no refit on the targets).
+    #[arg(long)]
+    no_refit: bool,
+    /// Record the calibration Gram matrices with any method, to report the output error.
+    #[arg(long)]
+    output_error: bool,
+    /// Error feedback: MiB of Gram matrices one calibration may hold.
+    #[arg(long, default_value_t = 4096)]
+    gram_budget_mb: u64,
     /// Calibrate block by block on the already-quantized earlier blocks.
     #[arg(long)]
     sequential: bool,
@@ -289,9 +314,25 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     if a.symmetric {
         any4 = any4.with_scaling(Scaling::Symmetric);
     }
+    let method = match a.method.as_str() {
+        "gptq" => Method::Gptq(
+            GptqConfig::default()
+                .with_damp(a.damp)?
+                .with_refit(!a.no_refit)
+                .with_group_params(if a.static_groups {
+                    GroupParams::Static
+                } else {
+                    GroupParams::Dynamic
+                }),
+        ),
+        _ => Method::Rtn,
+    };
     let mut cfg = QuantizeConfig::new(any4)
         .with_lm_head(a.lm_head)
+        .with_method(method)
         .with_progress(true);
+    cfg.gram_budget = a.gram_budget_mb << 20;
+    cfg.measure_output_error = a.output_error;
     for p in &a.skip {
         cfg = cfg.exclude(p)?;
     }
@@ -309,14 +350,26 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     };
     let mut ids = tokenizer.encode(&text, true)?;
     ids.truncate(a.calib_tokens.max(2));
-    let tokens = token_tensor(&ids, device);
+    if a.calib_seq < 2 {
+        return Err("--calib-seq must be at least 2".into());
+    }
+    let windows: Vec<&[u32]> = if ids.len() <= a.calib_seq {
+        vec![&ids]
+    } else {
+        ids.chunks_exact(a.calib_seq).collect()
+    };
+    let calib_used: usize = windows.iter().map(|w| w.len()).sum();
+    let tokens = token_tensor_batch(&windows, device);
     let (mut model, report) = if a.sequential {
         quantize_sequential(model, &cfg, &tokens)?
     } else {
-        let mut calibrator = Calibrator::new();
+        let mut calibrator = cfg.calibrator();
         calibrator.attach(&mut model, |p| cfg.selects(p));
         let _ = model.forward_all(tokens);
         let stats = calibrator.detach(&mut model);
+        if let Some(e) = stats.gram_error() {
+            return Err(e.to_string().into());
+        }
         quantize(model, &cfg, Some(&stats))?
     };
     let qc = save_any4(&a.out, &mut model, &tokenizer)?;
@@ -326,7 +379,9 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
             serde_json::json!({"model": a.model, "out": a.out, "format": a.format.to_string(),
                 "group_size": a.group_size.to_string(), "kmeans": a.kmeans.to_string(),
                 "calibration": if a.sequential { "sequential" } else { "one-shot" },
-                "calib_tokens": ids.len(), "layers": report.layers.len(),
+                "calib_tokens": calib_used, "calib_windows": windows.len(),
+                "method": a.method, "layers": report.layers.len(),
+                "output_rel_err": report.output_rel_err(),
                 "weights": report.weights(), "bits_per_weight": report.bits_per_weight(),
                 // Codes are stored in 4-bit slots; any3/any2 would need only `bits` per code.
                 "format_bits_per_weight":
@@ -339,7 +394,7 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     outln!("{}", report.to_string().lines().last().unwrap_or_default());
     outln!(
         "calibration: {} tokens ({}), {} layers quantized, saved to {}",
-        ids.len(),
+        calib_used,
         if a.sequential {
             "sequential"
         } else {

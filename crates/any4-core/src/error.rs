@@ -95,15 +95,17 @@ pub enum Any4Error {
         /// The offending value.
         value: f32,
     },
-    /// The `K × K` Gram matrix of a layer input would exceed the memory allowed for it.
+    /// The `K × K` Gram matrix of a layer input (with those already held) would exceed the
+    /// memory allowed for them.
     #[error(
-        "the calibration Gram matrix for input width K = {k} needs {bytes} bytes, over the \
-         budget of {budget} bytes: raise the budget or use --method rtn"
+        "calibration Gram matrices need {bytes} bytes with the one for input width K = {k}, over \
+         the budget of {budget} bytes: raise the budget, calibrate block by block (sequential), \
+         or quantize without error feedback"
     )]
     GramTooLarge {
         /// Input width.
         k: usize,
-        /// Bytes it would need (8·K² plus the channel sums).
+        /// Bytes needed with it (8·K² plus the channel sums, per matrix).
         bytes: u64,
         /// Bytes allowed.
         budget: u64,

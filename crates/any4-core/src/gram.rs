@@ -121,6 +121,45 @@ impl Gram {
         Ok(())
     }
 
+    /// A Gram matrix from stored parts: `h` the full row-major `K × K` matrix (its lower
+    /// triangle is used), `sum` and `abs_sum` the channel sums `Σ x` and `Σ |x|` over `tokens`.
+    pub fn from_parts(
+        k: usize,
+        tokens: u64,
+        h: Vec<f64>,
+        sum: Vec<f64>,
+        abs_sum: Vec<f64>,
+    ) -> Result<Self> {
+        for (what, expected, got) in [
+            ("Gram matrix [K, K]", k * k, h.len()),
+            ("channel sums [K]", k, sum.len()),
+            ("channel magnitude sums [K]", k, abs_sum.len()),
+        ] {
+            if expected != got {
+                return Err(Any4Error::ShapeMismatch {
+                    what,
+                    expected,
+                    got,
+                });
+            }
+        }
+        if let Some(p) = h.iter().chain(&sum).chain(&abs_sum).position(|v| !v.is_finite()) {
+            return Err(Any4Error::InvalidParameter {
+                what: "Gram matrix entry",
+                row: p / k,
+                index: p % k,
+                value: f32::NAN,
+            });
+        }
+        Ok(Gram {
+            k,
+            tokens,
+            sum,
+            abs_sum,
+            lower: h,
+        })
+    }
+
     /// Add another accumulator's tokens (same `k`).
     pub fn merge(&mut self, other: &Gram) -> Result<()> {
         if other.k != self.k {
