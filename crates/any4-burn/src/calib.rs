@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex};
 
-use any4_core::{Any4Error, Gram};
+use any4_core::{Error as CoreError, Gram};
 use burn::tensor::Tensor;
 
 use crate::linear::{CalibratingLinear, QLinear, QLinearContainer};
@@ -71,7 +71,7 @@ struct GramStore {
     /// Fingerprint of an input first recorded by some probe → its matrix (for sharing).
     first_inputs: HashMap<u64, usize>,
     /// Why recording stopped (budget exceeded or a bad input), reported at use.
-    error: Option<Any4Error>,
+    error: Option<CoreError>,
 }
 
 #[derive(Debug)]
@@ -93,7 +93,14 @@ impl GramStore {
     }
 
     /// Record a probe's call `call` with input `x: [tokens, k]`; returns the matrix index.
-    fn record(&mut self, own: Option<usize>, call: usize, x: &[f32], tokens: usize, k: usize) -> Option<usize> {
+    fn record(
+        &mut self,
+        own: Option<usize>,
+        call: usize,
+        x: &[f32],
+        tokens: usize,
+        k: usize,
+    ) -> Option<usize> {
         if self.error.is_some() {
             return own;
         }
@@ -105,12 +112,15 @@ impl GramStore {
                 match Gram::new(k, self.budget.saturating_sub(self.used)) {
                     Ok(gram) => {
                         self.used += bytes;
-                        self.grams.push(GramSlot { gram, calls: Vec::new() });
+                        self.grams.push(GramSlot {
+                            gram,
+                            calls: Vec::new(),
+                        });
                         self.first_inputs.insert(print, self.grams.len() - 1);
                         self.grams.len() - 1
                     }
                     Err(_) => {
-                        self.error = Some(Any4Error::GramTooLarge {
+                        self.error = Some(CoreError::GramTooLarge {
                             k,
                             bytes: self.used + bytes,
                             budget: self.budget,
@@ -213,7 +223,7 @@ pub struct CalibrationStats {
     layers: BTreeMap<String, (Vec<f32>, u64)>,
     unreached: BTreeSet<String>,
     grams: BTreeMap<String, Arc<Gram>>,
-    gram_error: Option<Any4Error>,
+    gram_error: Option<CoreError>,
 }
 
 impl PartialEq for CalibrationStats {
@@ -229,14 +239,14 @@ impl CalibrationStats {
     /// The Gram matrix of the input of the layer at `path` (shared with the layers that read the
     /// same input), `Ok(None)` if Gram matrices were not recorded or the layer saw no token, or
     /// the error that stopped the recording (e.g. the memory budget).
-    pub fn gram(&self, path: &str) -> Result<Option<&Arc<Gram>>, Any4Error> {
+    pub fn gram(&self, path: &str) -> Result<Option<&Arc<Gram>>, CoreError> {
         match (&self.gram_error, self.grams.get(path)) {
             (Some(e), _) if self.layers.contains_key(path) => Err(e.clone()),
             (_, g) => Ok(g),
         }
     }
     /// Why Gram recording stopped, if it did.
-    pub fn gram_error(&self) -> Option<&Any4Error> {
+    pub fn gram_error(&self) -> Option<&CoreError> {
         self.gram_error.as_ref()
     }
     /// Distinct Gram matrices held (shared ones counted once) and their bytes.

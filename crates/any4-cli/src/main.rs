@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use any4_burn::{
-    CALIBRATION_PROMPT, Checkpoint, QLinear, QLinearContainer, QuantizeConfig,
-    check_finite, quantize, quantize_sequential,
+    CALIBRATION_PROMPT, Checkpoint, QLinear, QLinearContainer, QuantizeConfig, check_finite,
+    quantize_model, quantize_model_sequential,
 };
 use any4_core::{
     Any4Config, Format, GptqConfig, GroupParams, GroupSize, Method, ParamDtype, Scaling, Solver,
@@ -119,26 +119,11 @@ enum Backend {
 
 impl Backend {
     fn device(self) -> AnyResult<Device> {
-        match self {
-            Backend::Flex => Ok(Device::flex()),
-            #[cfg(feature = "cpu")]
-            Backend::Cpu => Ok(Device::cpu()),
-            #[cfg(feature = "wgpu")]
-            Backend::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
-            #[cfg(feature = "cuda")]
-            Backend::Cuda => Ok(Device::cuda(0)),
-            #[allow(unreachable_patterns)]
-            other => {
-                let name = other
-                    .to_possible_value()
-                    .map(|v| v.get_name().to_string())
-                    .unwrap_or_default();
-                Err(format!(
-                    "backend `{name}` is not compiled in: rebuild with `--features {name}`"
-                )
-                .into())
-            }
-        }
+        let name = self
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        Ok(any4_burn::device_from_name(&name)?)
     }
 }
 
@@ -361,7 +346,7 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     let calib_used: usize = windows.iter().map(|w| w.len()).sum();
     let tokens = token_tensor_batch(&windows, device);
     let (mut model, report) = if a.sequential {
-        quantize_sequential(model, &cfg, &tokens)?
+        quantize_model_sequential(model, &cfg, &tokens)?
     } else {
         let mut calibrator = cfg.calibrator();
         calibrator.attach(&mut model, |p| cfg.selects(p));
@@ -370,7 +355,7 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
         if let Some(e) = stats.gram_error() {
             return Err(e.to_string().into());
         }
-        quantize(model, &cfg, Some(&stats))?
+        quantize_model(model, &cfg, Some(&stats))?
     };
     let qc = save_any4(&a.out, &mut model, &tokenizer)?;
     if a.json {

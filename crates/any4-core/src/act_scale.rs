@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::Any4Config;
-use crate::error::{Any4Error, Result};
+use crate::error::{Error, Result};
 use crate::gptq::HessianFactor;
 use crate::gram::{Gram, OutputError};
 use crate::method::Method;
@@ -95,13 +95,13 @@ pub fn search(
 ) -> Result<ActScale> {
     let k = gram.k();
     if options.grid == 0 || options.sample_rows == 0 {
-        return Err(Any4Error::InvalidMethodOption(
+        return Err(Error::InvalidMethodOption(
             "the activation-scale grid and row sample must be non-empty",
         ));
     }
     for &(w, [rows, cols]) in layers {
         if cols != k || w.len() != rows * cols {
-            return Err(Any4Error::ShapeMismatch {
+            return Err(Error::ShapeMismatch {
                 what: "weights [rows, K] sharing the calibrated input",
                 expected: rows * k,
                 got: w.len(),
@@ -266,12 +266,12 @@ mod tests {
         let opts = ActScaleConfig::default();
         assert!(matches!(
             search(&[(&w, [4, k])], &g, &Method::Rtn, &cfg, &opts),
-            Err(Any4Error::NoCalibrationTokens)
+            Err(Error::NoCalibrationTokens)
         ));
         g.accumulate(&outlier_inputs(8, k, 3), 8).unwrap();
         assert!(matches!(
             search(&[(&w, [2, 2 * k])], &g, &Method::Rtn, &cfg, &opts),
-            Err(Any4Error::ShapeMismatch { .. })
+            Err(Error::ShapeMismatch { .. })
         ));
         let empty = ActScaleConfig { grid: 0, ..opts };
         assert!(search(&[(&w, [4, k])], &g, &Method::Rtn, &cfg, &empty).is_err());

@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use crate::error::{Any4Error, Result};
+use crate::error::{Error, Result};
 use crate::linalg::{Strided, gemm_into};
 
 /// Tokens converted to f64 and multiplied at a time (bounds the temporary copy to
@@ -48,14 +48,14 @@ impl Gram {
     /// `budget` bytes (see [`bytes`](Self::bytes)).
     pub fn new(k: usize, budget: u64) -> Result<Self> {
         if k == 0 {
-            return Err(Any4Error::KTooSmall { k });
+            return Err(Error::KTooSmall { k });
         }
         let bytes = Self::bytes(k);
         let fits = k
             .checked_mul(k)
             .is_some_and(|n| n < isize::MAX as usize / 8);
         if bytes > budget || !fits {
-            return Err(Any4Error::GramTooLarge { k, bytes, budget });
+            return Err(Error::GramTooLarge { k, bytes, budget });
         }
         Ok(Gram {
             k,
@@ -71,14 +71,14 @@ impl Gram {
     pub fn accumulate(&mut self, x: &[f32], tokens: usize) -> Result<()> {
         let k = self.k;
         if x.len() != tokens * k {
-            return Err(Any4Error::ShapeMismatch {
+            return Err(Error::ShapeMismatch {
                 what: "calibration input [tokens, K]",
                 expected: tokens * k,
                 got: x.len(),
             });
         }
         if let Some(idx) = x.iter().position(|v| !v.is_finite()) {
-            return Err(Any4Error::NonFiniteActivation {
+            return Err(Error::NonFiniteActivation {
                 token: idx / k,
                 channel: idx % k,
                 value: x[idx],
@@ -136,15 +136,20 @@ impl Gram {
             ("channel magnitude sums [K]", k, abs_sum.len()),
         ] {
             if expected != got {
-                return Err(Any4Error::ShapeMismatch {
+                return Err(Error::ShapeMismatch {
                     what,
                     expected,
                     got,
                 });
             }
         }
-        if let Some(p) = h.iter().chain(&sum).chain(&abs_sum).position(|v| !v.is_finite()) {
-            return Err(Any4Error::InvalidParameter {
+        if let Some(p) = h
+            .iter()
+            .chain(&sum)
+            .chain(&abs_sum)
+            .position(|v| !v.is_finite())
+        {
+            return Err(Error::InvalidParameter {
                 what: "Gram matrix entry",
                 row: p / k,
                 index: p % k,
@@ -163,7 +168,7 @@ impl Gram {
     /// Add another accumulator's tokens (same `k`).
     pub fn merge(&mut self, other: &Gram) -> Result<()> {
         if other.k != self.k {
-            return Err(Any4Error::ShapeMismatch {
+            return Err(Error::ShapeMismatch {
                 what: "Gram matrices to merge [K, K]",
                 expected: self.k * self.k,
                 got: other.k * other.k,
@@ -242,7 +247,7 @@ impl OutputError {
     /// Prepare for `gram`; refuses a Gram matrix without tokens.
     pub fn new(gram: &Gram) -> Result<Self> {
         if gram.tokens == 0 {
-            return Err(Any4Error::NoCalibrationTokens);
+            return Err(Error::NoCalibrationTokens);
         }
         let inv = 1.0 / gram.tokens as f64;
         let h = gram.matrix().into_iter().map(|v| v * inv).collect();
@@ -270,7 +275,7 @@ impl OutputError {
             ("reconstruction [rows, K]", w_hat.len()),
         ] {
             if got != rows * k {
-                return Err(Any4Error::ShapeMismatch {
+                return Err(Error::ShapeMismatch {
                     what,
                     expected: rows * k,
                     got,
@@ -392,7 +397,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                Any4Error::NonFiniteActivation {
+                Error::NonFiniteActivation {
                     token: 2,
                     channel: 5,
                     ..
@@ -403,17 +408,17 @@ mod tests {
         assert_eq!(g.tokens(), 0, "a refused input changes nothing");
         assert!(matches!(
             g.accumulate(&x[..k + 1], 1),
-            Err(Any4Error::ShapeMismatch { .. })
+            Err(Error::ShapeMismatch { .. })
         ));
         assert!(matches!(
             g.output_error(&[0.0; 16], &[0.0; 16], 1),
-            Err(Any4Error::NoCalibrationTokens)
+            Err(Error::NoCalibrationTokens)
         ));
         let err = Gram::new(4096, 100 << 20).unwrap_err();
         assert!(err.to_string().contains("4096"), "{err}");
         assert!(matches!(
             Gram::new(0, u64::MAX),
-            Err(Any4Error::KTooSmall { k: 0 })
+            Err(Error::KTooSmall { k: 0 })
         ));
     }
 }

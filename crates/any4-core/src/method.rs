@@ -5,9 +5,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Any4Config;
-use crate::error::{Any4Error, Result};
+use crate::error::{Error, Result};
 use crate::gptq::{GptqConfig, HessianFactor, quantize_gptq};
-use crate::quantize::{QuantizedMatrix, quantize};
+use crate::quantize::{QuantizedMatrix, quantize_matrix};
 
 /// How codes are assigned once the table and group scales are known.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -45,9 +45,9 @@ impl Method {
         config: &Any4Config,
     ) -> Result<QuantizedMatrix> {
         match self {
-            Method::Rtn => quantize(weights, shape, stats, config),
+            Method::Rtn => quantize_matrix(weights, shape, stats, config),
             Method::Gptq(g) => {
-                let factor = factor.ok_or(Any4Error::NoCalibrationTokens)?;
+                let factor = factor.ok_or(Error::NoCalibrationTokens)?;
                 quantize_gptq(weights, shape, stats, factor, config, g)
             }
         }

@@ -47,7 +47,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Any4Config;
-use crate::error::{Any4Error, Result};
+use crate::error::{Error, Result};
 use crate::gram::Gram;
 use crate::linalg::cholesky_lower;
 use crate::pack;
@@ -102,9 +102,7 @@ impl GptqConfig {
     /// Set the damping fraction (finite, in `[0, 1]`).
     pub fn with_damp(mut self, damp: f64) -> Result<Self> {
         if !(0.0..=1.0).contains(&damp) {
-            return Err(Any4Error::InvalidMethodOption(
-                "GPTQ damping must be in [0, 1]",
-            ));
+            return Err(Error::InvalidMethodOption("GPTQ damping must be in [0, 1]"));
         }
         self.damp = damp;
         Ok(self)
@@ -129,7 +127,7 @@ struct GptqRepr {
 }
 
 impl TryFrom<GptqRepr> for GptqConfig {
-    type Error = Any4Error;
+    type Error = Error;
     fn try_from(r: GptqRepr) -> Result<Self> {
         Ok(GptqConfig::default()
             .with_damp(r.damp)?
@@ -165,12 +163,10 @@ impl HessianFactor {
     /// definite (e.g. `damp = 0` with fewer tokens than channels), naming the column.
     pub fn new(gram: &Gram, damp: f64) -> Result<Self> {
         if gram.tokens() == 0 {
-            return Err(Any4Error::NoCalibrationTokens);
+            return Err(Error::NoCalibrationTokens);
         }
         if !(0.0..=1.0).contains(&damp) {
-            return Err(Any4Error::InvalidMethodOption(
-                "GPTQ damping must be in [0, 1]",
-            ));
+            return Err(Error::InvalidMethodOption("GPTQ damping must be in [0, 1]"));
         }
         let k = gram.k();
         let inv = 1.0 / gram.tokens() as f64;
@@ -196,7 +192,7 @@ impl HessianFactor {
                 };
             }
         }
-        cholesky_lower(&mut a, k).map_err(|c| Any4Error::NotPositiveDefinite {
+        cholesky_lower(&mut a, k).map_err(|c| Error::NotPositiveDefinite {
             column: k - 1 - c,
             damp,
         })?;
@@ -223,14 +219,14 @@ impl HessianFactor {
     pub fn rescaled(&self, s: &[f32]) -> Result<Self> {
         let k = self.k;
         if s.len() != k {
-            return Err(Any4Error::ShapeMismatch {
+            return Err(Error::ShapeMismatch {
                 what: "activation scales [K]",
                 expected: k,
                 got: s.len(),
             });
         }
         if let Some(j) = s.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
-            return Err(Any4Error::InvalidParameter {
+            return Err(Error::InvalidParameter {
                 what: "activation scale",
                 row: 0,
                 index: j,
@@ -258,7 +254,7 @@ const ROWS_PER_TASK: usize = 32;
 
 /// Quantize a row-major `[rows, cols]` matrix with error feedback against `factor`.
 ///
-/// `stats` (the signed mean `x̄`, as for [`quantize_matrix`](crate::quantize)) weights the
+/// `stats` (the signed mean `x̄`, as for [`quantize_matrix`](crate::quantize_matrix)) weights the
 /// k-means samples of the initial learned tables. Every format, group size, scaling and
 /// parameter dtype of [`Any4Config`] is supported; the stored layout is the usual one.
 pub fn quantize_gptq(
@@ -272,7 +268,7 @@ pub fn quantize_gptq(
     let [rows, cols] = shape;
     validate_input(weights, shape, stats)?;
     if factor.k != cols {
-        return Err(Any4Error::ShapeMismatch {
+        return Err(Error::ShapeMismatch {
             what: "calibration Gram matrix [K, K] for the weight's K",
             expected: cols * cols,
             got: factor.k * factor.k,
@@ -303,7 +299,7 @@ pub fn quantize_gptq(
             s.copy_from_slice(&out.scales);
             z.copy_from_slice(&out.zeros);
             t.copy_from_slice(&out.tables);
-            Ok::<(), Any4Error>(())
+            Ok::<(), Error>(())
         })?;
     if !learned {
         tables.truncate(TABLE_LEN);

@@ -2,7 +2,7 @@
 //! [`crate::gptq`] for the math).
 
 use crate::config::{Any4Config, ParamDtype};
-use crate::error::{Any4Error, Result};
+use crate::error::{Error, Result};
 use crate::kmeans;
 use crate::levels::{self, Domain};
 use crate::linalg::{Strided, gemm_into};
@@ -154,7 +154,7 @@ impl<'a> Pass<'a> {
         let (s, z) = group_params(chunk, self.domain, self.dtype);
         for (what, value) in [("scale", s), ("zero", z)] {
             if !value.is_finite() {
-                return Err(Any4Error::InvalidParameter {
+                return Err(Error::InvalidParameter {
                     what,
                     row,
                     index: g,

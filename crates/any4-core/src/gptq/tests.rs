@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::{Format, GroupSize, ParamDtype, Scaling};
 use crate::gram::Gram;
-use crate::quantize::quantize;
+use crate::quantize::quantize_matrix;
 use crate::rng::SplitMix64;
 
 /// Correlated activations `[t, k]`: a random mix of `k / 3` latent factors plus noise, with
@@ -204,7 +204,7 @@ fn error_feedback_beats_rounding_for_every_format() {
     for cfg in cases {
         for gp in [GroupParams::Static, GroupParams::Dynamic] {
             let gcfg = GptqConfig::default().with_group_params(gp);
-            let rtn = quantize(&w, [rows, k], Some(&xbar), &cfg).unwrap();
+            let rtn = quantize_matrix(&w, [rows, k], Some(&xbar), &cfg).unwrap();
             let fb = quantize_gptq(&w, [rows, k], Some(&xbar), &factor, &cfg, &gcfg).unwrap();
             let e_rtn = g.output_error(&w, &rtn.dequantize(), rows).unwrap();
             let e_fb = g.output_error(&w, &fb.dequantize(), rows).unwrap();
@@ -236,15 +236,12 @@ fn bad_inputs_are_refused() {
     let empty = Gram::new(k, u64::MAX).unwrap();
     assert!(matches!(
         HessianFactor::new(&empty, 0.01),
-        Err(Any4Error::NoCalibrationTokens)
+        Err(Error::NoCalibrationTokens)
     ));
     // 10 tokens for 64 channels: rank ≤ 10, singular without damping.
     let few = gram(&activations(10, k, 7), k);
     let err = HessianFactor::new(&few, 0.0).unwrap_err();
-    assert!(
-        matches!(err, Any4Error::NotPositiveDefinite { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, Error::NotPositiveDefinite { .. }), "{err}");
     assert!(err.to_string().contains("raise the damping"), "{err}");
     assert!(
         HessianFactor::new(&few, 0.01).is_ok(),
@@ -252,7 +249,7 @@ fn bad_inputs_are_refused() {
     );
     assert!(matches!(
         HessianFactor::new(&few, 1.5),
-        Err(Any4Error::InvalidMethodOption(_))
+        Err(Error::InvalidMethodOption(_))
     ));
     assert!(GptqConfig::default().with_damp(-0.1).is_err());
     let factor = HessianFactor::new(&few, 0.01).unwrap();
@@ -260,12 +257,12 @@ fn bad_inputs_are_refused() {
     let gcfg = GptqConfig::default();
     let w = weights(4, 2 * k, 8);
     let err = quantize_gptq(&w, [4, 2 * k], None, &factor, &cfg, &gcfg).unwrap_err();
-    assert!(matches!(err, Any4Error::ShapeMismatch { .. }), "{err}");
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
     let mut w = weights(4, k, 8);
     w[k + 3] = f32::NAN;
     let err = quantize_gptq(&w, [4, k], None, &factor, &cfg, &gcfg).unwrap_err();
     assert!(
-        matches!(err, Any4Error::NonFiniteWeight { row: 1, col: 3, .. }),
+        matches!(err, Error::NonFiniteWeight { row: 1, col: 3, .. }),
         "{err}"
     );
 }
@@ -284,7 +281,7 @@ fn dead_channels_are_kept() {
     let cfg = Any4Config::new(Format::Int4).with_group_size(GroupSize::PER_ROW);
     let gcfg = GptqConfig::default().with_group_params(GroupParams::Static);
     let q = quantize_gptq(&w, [rows, k], None, &factor, &cfg, &gcfg).unwrap();
-    let rtn = quantize(&w, [rows, k], None, &cfg).unwrap();
+    let rtn = quantize_matrix(&w, [rows, k], None, &cfg).unwrap();
     for row in 0..rows {
         assert_eq!(
             q.code(row, 17),
