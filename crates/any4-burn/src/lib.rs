@@ -26,6 +26,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod act_scale;
 mod atomic;
 mod calib;
 mod checkpoint;

@@ -22,6 +22,10 @@ pub struct Any4Linear {
     pub zeros: Param<Tensor<2>>,
     /// Optional bias `[d_output]`.
     pub bias: Option<Param<Tensor<1>>>,
+    /// Optional per-input-channel multiplier `[d_input]` applied to `x` before the matmul: the
+    /// inverse of the activation-aware scales the weight was quantized with (`W·diag(s)` is
+    /// stored, `x·diag(1/s)` is fed), when it could not be folded into the previous layer.
+    pub input_scale: Option<Param<Tensor<1>>>,
     /// How the weight was quantized.
     #[module(skip)]
     pub config: Any4Config,
@@ -55,6 +59,7 @@ impl Any4Linear {
             scales: frozen(f(q.scales(), [rows, q.groups()])),
             zeros: frozen(f(q.zeros(), [rows, q.groups()])),
             bias: bias.map(frozen),
+            input_scale: None,
             config: *q.config(),
             cpu: CpuMatmul::Auto,
             d_input: cols,
@@ -89,8 +94,28 @@ impl Any4Linear {
         )?)
     }
 
-    /// `x · Wᵀ + b` over the last dimension.
+    /// Set the per-input-channel multiplier (see [`input_scale`](Self::input_scale)).
+    pub fn with_input_scale(mut self, input_scale: Option<Tensor<1>>) -> Self {
+        self.input_scale = input_scale.map(frozen);
+        self
+    }
+
+    /// The dense weight this layer computes with, `[d_output, d_input]`: the dequantized
+    /// weight times the input multiplier, if any.
+    pub fn dequantize(&self) -> Tensor<2> {
+        let w = self.weight().dequantize();
+        match &self.input_scale {
+            Some(s) => w * s.val().unsqueeze::<2>(),
+            None => w,
+        }
+    }
+
+    /// `x · Wᵀ + b` over the last dimension (`x` first multiplied by the input multiplier).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = match &self.input_scale {
+            Some(s) => x * s.val().unsqueeze::<D>(),
+            None => x,
+        };
         let y = self.weight().matmul(x);
         match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
@@ -192,7 +217,7 @@ impl QLinear {
             QLinear::Dense(l) | QLinear::Calibrating(CalibratingLinear { linear: l, .. }) => {
                 l.weight.val().transpose()
             }
-            QLinear::Quant(q) => q.weight().dequantize(),
+            QLinear::Quant(q) => q.dequantize(),
         }
     }
 

@@ -18,10 +18,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
+use any4_core::act_scale::{ActScaleConfig, scale_columns, scale_stats};
 use any4_core::{Any4Config, Gram, HessianFactor, Method, OutputError};
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::act_scale::{InputScales, search_scales};
 use crate::calib::{CalibrationStats, Calibrator};
 use crate::error::{Error, Result};
 use crate::linear::{Any4Linear, QLinear, QLinearContainer, read_vec};
@@ -38,6 +40,8 @@ pub struct QuantizeConfig {
     pub exclude: Vec<LayerPattern>,
     /// How codes are assigned: round-to-nearest or error feedback.
     pub method: Method,
+    /// Activation-aware input scales, searched per layer input (needs Gram matrices).
+    pub act_scale: Option<ActScaleConfig>,
     /// Bytes of Gram matrices one calibration may hold (error feedback; see [`Calibrator`]).
     pub gram_budget: u64,
     /// Record Gram matrices even when the method does not need them, to report each layer's
@@ -67,6 +71,7 @@ impl QuantizeConfig {
                 .map(|p| LayerPattern::new(p).expect("valid default pattern"))
                 .collect(),
             method: Method::Rtn,
+            act_scale: None,
             gram_budget: DEFAULT_GRAM_BUDGET,
             measure_output_error: false,
             progress: false,
@@ -77,9 +82,18 @@ impl QuantizeConfig {
         self.method = method;
         self
     }
+    /// Set activation-aware scales.
+    pub fn with_act_scale(mut self, act_scale: Option<ActScaleConfig>) -> Self {
+        self.act_scale = act_scale;
+        self
+    }
+    /// Whether the calibration must record Gram matrices (error feedback, activation scales).
+    pub fn needs_gram(&self) -> bool {
+        self.method.needs_gram() || self.act_scale.is_some()
+    }
     /// A calibrator recording what this configuration needs (Gram matrices for error feedback).
     pub fn calibrator(&self) -> Calibrator {
-        if self.method.needs_gram() || self.measure_output_error {
+        if self.needs_gram() || self.measure_output_error {
             Calibrator::with_gram(self.gram_budget)
         } else {
             Calibrator::new()
@@ -234,78 +248,145 @@ impl fmt::Display for Report {
     }
 }
 
-/// The factor of the most recent Gram matrix (layers sharing an input are visited in a row).
+/// The factor of the most recent Gram matrix and input scales (layers sharing an input are
+/// visited in a row and share both).
 #[derive(Default)]
-struct FactorCache(Option<(Arc<Gram>, Arc<HessianFactor>)>);
+struct FactorCache(Option<(Arc<Gram>, Option<Arc<Vec<f32>>>, Arc<HessianFactor>)>);
 
 impl FactorCache {
-    fn get(&mut self, gram: &Arc<Gram>, damp: f64) -> Result<Arc<HessianFactor>> {
-        if let Some((g, f)) = &self.0
+    fn get(
+        &mut self,
+        gram: &Arc<Gram>,
+        scales: Option<&Arc<Vec<f32>>>,
+        damp: f64,
+    ) -> Result<Arc<HessianFactor>> {
+        if let Some((g, s, f)) = &self.0
             && Arc::ptr_eq(g, gram)
+            && match (s, scales) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
         {
             return Ok(f.clone());
         }
-        let f = Arc::new(HessianFactor::new(gram, damp)?);
-        self.0 = Some((gram.clone(), f.clone()));
+        let mut f = HessianFactor::new(gram, damp)?;
+        if let Some(s) = scales {
+            f = f.rescaled(s)?;
+        }
+        let f = Arc::new(f);
+        self.0 = Some((gram.clone(), scales.cloned(), f.clone()));
         Ok(f)
     }
 }
 
-/// Quantize one dense layer in place; `stats` is its `x̄`, if calibrated, `gram` its input's
-/// Gram matrix and (for error feedback) factor.
+/// What a layer is quantized against: its calibration statistics and Gram matrix, the factor
+/// for error feedback, and activation-aware input scales.
+#[derive(Clone, Copy, Default)]
+struct LayerCalib<'a> {
+    /// `x̄` and the token count.
+    stats: Option<(&'a [f32], u64)>,
+    gram: Option<&'a Gram>,
+    factor: Option<&'a HessianFactor>,
+    /// `s`: the weight's columns are multiplied by it, the input divided by it.
+    scales: Option<&'a [f32]>,
+}
+
+/// Quantize one dense layer in place.
 fn quantize_layer(
     path: &str,
     layer: &mut QLinear,
     cfg: &QuantizeConfig,
-    stats: Option<(&[f32], u64)>,
-    gram: Option<(&Gram, Option<&HessianFactor>)>,
+    calib: LayerCalib<'_>,
 ) -> Result<LayerReport> {
     let start = Instant::now();
     let weight = layer.weight_hf();
     let device = weight.device();
     let [rows, cols] = weight.dims();
     let w = read_vec::<f32>(weight.into_data(), path)?;
-    let mean = stats.map(|s| s.0);
-    let method = match gram {
-        Some((_, Some(_))) => cfg.method,
-        _ => Method::Rtn,
+    let mean = calib.stats.map(|s| s.0);
+    let method = match calib.factor {
+        Some(_) => cfg.method,
+        None => Method::Rtn,
     };
-    let q = method.quantize(&w, [rows, cols], mean, gram.and_then(|g| g.1), &cfg.any4)?;
-    let output_rel_err = match gram {
-        Some((g, _)) => {
+    let (q, w_hat) = match calib.scales {
+        Some(s) => {
+            let q = method.quantize(
+                &scale_columns(&w, s),
+                [rows, cols],
+                mean.map(|m| scale_stats(m, s)).as_deref(),
+                calib.factor,
+                &cfg.any4,
+            )?;
+            let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
+            let w_hat = scale_columns(&q.dequantize(), &inv);
+            (q, w_hat)
+        }
+        None => {
+            let q = method.quantize(&w, [rows, cols], mean, calib.factor, &cfg.any4)?;
+            let w_hat = q.dequantize();
+            (q, w_hat)
+        }
+    };
+    let output_rel_err = match calib.gram {
+        Some(g) => {
             let metric = OutputError::new(g)?;
-            let err = metric.eval(&w, &q.dequantize(), rows)?;
+            let err = metric.eval(&w, &w_hat, rows)?;
             let energy = metric.eval(&w, &vec![0.0; w.len()], rows)?;
             Some(err / energy.max(f64::MIN_POSITIVE))
         }
         None => None,
     };
-    let err = q.reconstruction_error(&w, mean)?;
-    let energy = w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / w.len() as f64;
-    let weighted_energy = mean.map(|m| {
-        let norm: f64 = m.iter().map(|v| v.abs() as f64).sum::<f64>() * rows as f64;
-        w.iter()
-            .enumerate()
-            .map(|(i, v)| m[i % cols].abs() as f64 * (*v as f64).powi(2))
-            .sum::<f64>()
-            / norm.max(f64::MIN_POSITIVE)
-    });
+    let (rel_mse, weighted_rel_mse) = weight_errors(&w, &w_hat, cols, mean);
+    // A stored input multiplier costs K f32 values.
+    let scale_bits = if calib.scales.is_some() {
+        32.0 / rows as f64
+    } else {
+        0.0
+    };
     let report = LayerReport {
         path: path.to_string(),
         shape: [rows, cols],
-        rel_mse: err.mse / energy.max(f64::MIN_POSITIVE),
-        weighted_rel_mse: weighted_energy.map(|e| err.weighted_mse / e.max(f64::MIN_POSITIVE)),
-        bits_per_weight: q.bits_per_weight(),
+        rel_mse,
+        weighted_rel_mse,
+        bits_per_weight: q.bits_per_weight() + scale_bits,
         output_rel_err,
-        calib_tokens: stats.map(|s| s.1),
+        calib_tokens: calib.stats.map(|s| s.1),
         seconds: 0.0,
     };
     let bias: Option<Tensor<1>> = layer.bias();
-    *layer = QLinear::Quant(Any4Linear::from_quantized(&q, bias, &device));
+    let input_scale = calib.scales.map(|s| {
+        let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
+        Tensor::<1>::from_data(TensorData::new(inv, [cols]), &device)
+    });
+    *layer =
+        QLinear::Quant(Any4Linear::from_quantized(&q, bias, &device).with_input_scale(input_scale));
     Ok(LayerReport {
         seconds: start.elapsed().as_secs_f64(),
         ..report
     })
+}
+
+/// `‖W − Ŵ‖² / ‖W‖²` and, with statistics, `Σ|x̄_j|(w−ŵ)² / Σ|x̄_j| w²` (row-major `[·, cols]`).
+fn weight_errors(
+    w: &[f32],
+    w_hat: &[f32],
+    cols: usize,
+    mean: Option<&[f32]>,
+) -> (f64, Option<f64>) {
+    let (mut err, mut energy, mut werr, mut wenergy) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    for (i, (&a, &b)) in w.iter().zip(w_hat).enumerate() {
+        let (e2, a2) = (((a - b) as f64).powi(2), (a as f64).powi(2));
+        err += e2;
+        energy += a2;
+        if let Some(m) = mean {
+            let x = m[i % cols].abs() as f64;
+            werr += x * e2;
+            wenergy += x * a2;
+        }
+    }
+    let rel = |e: f64, n: f64| e / n.max(f64::MIN_POSITIVE);
+    (rel(err, energy), mean.map(|_| rel(werr, wenergy)))
 }
 
 /// Dense layers the pass will quantize (the progress bar's length).
@@ -340,6 +421,13 @@ fn quantize_selected(
     bar: &ProgressBar,
     report: &mut Report,
 ) -> Result<()> {
+    let scales: InputScales = match (&cfg.act_scale, stats) {
+        (Some(opts), Some(s)) => {
+            bar.set_message("searching activation scales");
+            search_scales(model, cfg, opts, s, filter)?
+        }
+        _ => InputScales::new(),
+    };
     let mut result = Ok(());
     let mut factors = FactorCache::default();
     model.visit_qlinears("", &mut |path, layer| {
@@ -365,8 +453,8 @@ fn quantize_selected(
             },
             None => None,
         };
-        // Error feedback needs the layer input's Gram matrix (none for an unreached layer,
-        // which is rounded unweighted).
+        // Error feedback and activation scales need the layer input's Gram matrix (none for
+        // an unreached layer, which is rounded unweighted).
         let gram = match stats.map(|s| s.gram(path)) {
             Some(Err(e)) => {
                 result = Err(Error::from(e).in_layer(path));
@@ -375,12 +463,13 @@ fn quantize_selected(
             Some(Ok(g)) => g.cloned(),
             None => None,
         };
-        if cfg.method.needs_gram() && gram.is_none() && !unreached {
+        if cfg.needs_gram() && gram.is_none() && !unreached {
             result = Err(Error::MissingGram(path.to_string()));
             return;
         }
+        let layer_scales = scales.get(path);
         let factor = match (&cfg.method, &gram) {
-            (Method::Gptq(g), Some(gram)) => match factors.get(gram, g.damp()) {
+            (Method::Gptq(g), Some(gram)) => match factors.get(gram, layer_scales, g.damp()) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     result = Err(e.in_layer(path));
@@ -389,8 +478,13 @@ fn quantize_selected(
             },
             _ => None,
         };
-        let gram = gram.as_deref().map(|g| (g, factor.as_deref()));
-        match quantize_layer(path, layer, cfg, layer_stats, gram) {
+        let calib = LayerCalib {
+            stats: layer_stats,
+            gram: gram.as_deref(),
+            factor: factor.as_deref(),
+            scales: layer_scales.map(|s| s.as_slice()),
+        };
+        match quantize_layer(path, layer, cfg, calib) {
             Ok(r) => report.layers.push(LayerReport {
                 calib_tokens: if unreached { Some(0) } else { r.calib_tokens },
                 ..r

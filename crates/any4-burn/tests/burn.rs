@@ -10,6 +10,9 @@ use any4_core::{Any4Config, Format, GroupSize, QuantizedMatrix, Scaling, quantiz
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
+#[path = "burn/error_feedback.rs"]
+mod error_feedback;
+
 fn device() -> Device {
     Device::flex()
 }

@@ -13,16 +13,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod calib;
+
 use any4_burn::{
-    CALIBRATION_PROMPT, Checkpoint, QLinear, QLinearContainer, QuantizeConfig, check_finite,
-    quantize_model, quantize_model_sequential,
+    CALIBRATION_PROMPT, Checkpoint, CheckpointMeta, CpuMatmul, LayerInfo, QLinear,
+    QLinearContainer, QuantizeConfig, check_finite, quantize_model, quantize_model_sequential,
 };
 use any4_core::{
-    Any4Config, Format, GptqConfig, GroupParams, GroupSize, Method, ParamDtype, Scaling, Solver,
+    ActScaleConfig, Any4Config, Format, GptqConfig, GroupParams, GroupSize, Method, ParamDtype,
+    Scaling, Solver,
 };
 use any4_llm::{
-    Dataset, GenerateConfig, PerplexityConfig, Sampling, generate, load_auto, perplexity,
-    save_any4, token_tensor_batch,
+    Dataset, GenerateConfig, PerplexityConfig, Sampling, fold_input_scales, generate, load_auto,
+    perplexity, save_any4, token_tensor_batch,
 };
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -168,14 +171,14 @@ struct QuantizeArgs {
     /// k-means seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Calibration text (default: the built-in diverse prompt).
+    /// Calibration text file (repeatable; default: the built-in diverse prompt). Each file gives
+    /// an equal share of `--calib-tokens`, as windows spread evenly over the file.
     #[arg(long)]
-    calib_file: Option<PathBuf>,
-    /// Use at most this many calibration tokens.
+    calib_file: Vec<PathBuf>,
+    /// Calibration tokens in all.
     #[arg(long, default_value_t = 2048)]
     calib_tokens: usize,
-    /// Calibration window: longer calibration text is cut into windows of this many tokens
-    /// (one batch; a partial last window is dropped).
+    /// Tokens per calibration window (files are read as windows of this length).
     #[arg(long, default_value_t = 2048)]
     calib_seq: usize,
     /// How codes are assigned: `rtn` (round to nearest, the paper) or `gptq` (error feedback
@@ -191,6 +194,14 @@ struct QuantizeArgs {
     /// Error feedback: keep the first table of learned formats (no refit on the targets).
     #[arg(long)]
     no_refit: bool,
+    /// Activation-aware scales: per layer input, search s = mean|x|^α (α on a grid) by the
+    /// output error on the calibration tokens; the weight is quantized as W·diag(s) and the
+    /// input multiplied by 1/s (folded into the previous norm where the model allows it).
+    #[arg(long)]
+    act_scale: bool,
+    /// Activation-aware scales: grid points of α in [0, 1).
+    #[arg(long, default_value_t = 10)]
+    act_scale_grid: u32,
     /// Record the calibration Gram matrices with any method, to report the output error.
     #[arg(long)]
     output_error: bool,
@@ -274,6 +285,11 @@ struct EvalArgs {
     /// Evaluate at most this many windows.
     #[arg(long)]
     max_windows: Option<usize>,
+    /// Activation precision of the any4 matmul on CPU backends: `auto` (int8 for decode-sized
+    /// batches, f32 panels above), `exact` (f32 throughout) or `int8` (int8 activations
+    /// throughout, to measure what the decode path costs in perplexity).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "exact", "int8"])]
+    cpu_matmul: String,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -315,6 +331,10 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     let mut cfg = QuantizeConfig::new(any4)
         .with_lm_head(a.lm_head)
         .with_method(method)
+        .with_act_scale(a.act_scale.then_some(ActScaleConfig {
+            grid: a.act_scale_grid,
+            ..ActScaleConfig::default()
+        }))
         .with_progress(true);
     cfg.gram_budget = a.gram_budget_mb << 20;
     cfg.measure_output_error = a.output_error;
@@ -329,34 +349,44 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
         a.model.display(),
         t.elapsed().as_secs_f64()
     ));
-    let text = match &a.calib_file {
-        Some(f) => read_text(f)?,
-        None => CALIBRATION_PROMPT.to_string(),
-    };
-    let mut ids = tokenizer.encode(&text, true)?;
-    ids.truncate(a.calib_tokens.max(2));
-    if a.calib_seq < 2 {
-        return Err("--calib-seq must be at least 2".into());
+    let t_quant = Instant::now();
+    let windows = calib::windows(
+        &tokenizer,
+        CALIBRATION_PROMPT,
+        &a.calib_file,
+        a.calib_tokens,
+        a.calib_seq,
+    )?;
+    let calib_used: usize = windows.iter().map(Vec::len).sum();
+    // Windows of one length form one batch (files' windows share a length; the prompt is one).
+    let mut batches: Vec<Vec<&[u32]>> = Vec::new();
+    for w in &windows {
+        match batches.iter_mut().find(|b| b[0].len() == w.len()) {
+            Some(b) => b.push(w),
+            None => batches.push(vec![w]),
+        }
     }
-    let windows: Vec<&[u32]> = if ids.len() <= a.calib_seq {
-        vec![&ids]
-    } else {
-        ids.chunks_exact(a.calib_seq).collect()
-    };
-    let calib_used: usize = windows.iter().map(|w| w.len()).sum();
-    let tokens = token_tensor_batch(&windows, device);
     let (mut model, report) = if a.sequential {
-        quantize_model_sequential(model, &cfg, &tokens)?
+        let [batch] = batches.as_slice() else {
+            return Err("sequential calibration needs calibration windows of one length".into());
+        };
+        quantize_model_sequential(model, &cfg, &token_tensor_batch(batch, device))?
     } else {
         let mut calibrator = cfg.calibrator();
         calibrator.attach(&mut model, |p| cfg.selects(p));
-        let _ = model.forward_all(tokens);
+        for batch in &batches {
+            let _ = model.forward_all(token_tensor_batch(batch, device));
+        }
         let stats = calibrator.detach(&mut model);
         if let Some(e) = stats.gram_error() {
             return Err(e.to_string().into());
         }
         quantize_model(model, &cfg, Some(&stats))?
     };
+    // Activation-scale multipliers of q/k/v and gate/up move into the norms before them.
+    let folded = fold_input_scales(&mut model);
+    // Calibration forward(s) (and their Gram matrices) plus the pass.
+    let quant_seconds = t_quant.elapsed().as_secs_f64();
     let qc = save_any4(&a.out, &mut model, &tokenizer)?;
     if a.json {
         outln!(
@@ -365,14 +395,15 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
                 "group_size": a.group_size.to_string(), "kmeans": a.kmeans.to_string(),
                 "calibration": if a.sequential { "sequential" } else { "one-shot" },
                 "calib_tokens": calib_used, "calib_windows": windows.len(),
-                "method": a.method, "layers": report.layers.len(),
+                "calib_files": a.calib_file,
+                "method": a.method, "act_scale": a.act_scale, "norms_folded": folded, "layers": report.layers.len(),
                 "output_rel_err": report.output_rel_err(),
-                "weights": report.weights(), "bits_per_weight": report.bits_per_weight(),
+                "weights": report.weights(), "bits_per_weight": checkpoint_bits(&qc),
                 // Codes are stored in 4-bit slots; any3/any2 would need only `bits` per code.
                 "format_bits_per_weight":
-                    report.bits_per_weight() - 4.0 + f64::from(a.format.bits()),
+                    checkpoint_bits(&qc) - 4.0 + f64::from(a.format.bits()),
                 "rel_mse": report.rel_mse(), "weighted_rel_mse": report.weighted_rel_mse(),
-                "pass_seconds": report.seconds})
+                "pass_seconds": report.seconds, "quant_seconds": quant_seconds})
         );
         return Ok(());
     }
@@ -389,6 +420,29 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// Stored bits per weight of a checkpoint layer: 4-bit codes, scales, zeros and tables in the
+/// parameter dtype, and an f32 input multiplier when the layer has one.
+fn layer_bits(l: &LayerInfo) -> f64 {
+    let [n, k] = l.shape;
+    let groups = l.config.group_size().groups_for(k);
+    let table_rows = if l.table == "shared" { 1 } else { n };
+    let pbits = l.config.param_dtype().bits() as f64;
+    let params = (2.0 * (n * groups) as f64 + 16.0 * table_rows as f64) * pbits;
+    let input = if l.input_scale { 32.0 * k as f64 } else { 0.0 };
+    4.0 + (params + input) / (n * k) as f64
+}
+
+/// Weight-averaged [`layer_bits`] of the quantized layers of a checkpoint.
+fn checkpoint_bits(meta: &CheckpointMeta) -> f64 {
+    let (mut weights, mut bits) = (0.0f64, 0.0f64);
+    for l in meta.layers.values() {
+        let w = (l.shape[0] * l.shape[1]) as f64;
+        weights += w;
+        bits += layer_bits(l) * w;
+    }
+    bits / weights.max(1.0)
 }
 
 fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
@@ -424,11 +478,7 @@ fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
     let (mut weights, mut bits) = (0usize, 0.0f64);
     for (path, l) in &cfg.layers {
         let [n, k] = l.shape;
-        let groups = l.config.group_size().groups_for(k);
-        let table_rows = if l.table == "shared" { 1 } else { n };
-        let pbits = l.config.param_dtype().bits() as f64;
-        let bpw =
-            4.0 + (2.0 * (n * groups) as f64 + 16.0 * table_rows as f64) * pbits / (n * k) as f64;
+        let bpw = layer_bits(l);
         weights += n * k;
         bits += bpw * (n * k) as f64;
         outln!(
@@ -527,7 +577,17 @@ fn cmd_generate(a: GenerateArgs, device: &Device) -> AnyResult<()> {
 }
 
 fn cmd_eval(a: EvalArgs, device: &Device) -> AnyResult<()> {
-    let (model, tokenizer) = load_checked(&a.model, device)?;
+    let (mut model, tokenizer) = load_checked(&a.model, device)?;
+    let cpu = match a.cpu_matmul.as_str() {
+        "exact" => CpuMatmul::Exact,
+        "int8" => CpuMatmul::Int8,
+        _ => CpuMatmul::Auto,
+    };
+    model.visit_qlinears("", &mut |_, layer| {
+        if let QLinear::Quant(q) = layer {
+            q.cpu = cpu;
+        }
+    });
     let (text, source) = match (&a.text, a.dataset) {
         (_, Some(d)) => (d.read()?, d.name().to_string()),
         (Some(f), None) => (read_text(f)?, f.display().to_string()),
@@ -544,6 +604,7 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> AnyResult<()> {
         outln!(
             "{}",
             serde_json::json!({"model": a.model, "text": source, "seq_len": a.seq_len, "ppl": p.ppl,
+                "cpu_matmul": a.cpu_matmul,
                 "nll": p.nll, "tokens": p.tokens, "windows": p.windows,
                 "seconds": t.elapsed().as_secs_f64()})
         );

@@ -40,7 +40,7 @@ mod view;
 pub use act_scale::{ActScale, ActScaleConfig};
 pub use config::{Any4Config, Format, GroupSize, Init, KMeansConfig, ParamDtype, Scaling, Solver};
 pub use error::{Error, Result};
-pub use gptq::{GptqConfig, GroupParams, HessianFactor, quantize_gptq};
+pub use gptq::{GptqConfig, GroupParams, HessianFactor, TableWeights, quantize_gptq};
 pub use gram::{Gram, OutputError};
 pub use int8::MatmulPrecision;
 pub use matmul::dense_matmul;

@@ -33,6 +33,7 @@ mod auto;
 mod config;
 mod error;
 mod eval;
+mod fold;
 mod generate;
 pub mod gguf;
 mod layers;
@@ -48,6 +49,7 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use eval::{Dataset, Perplexity, PerplexityConfig, perplexity, perplexity_of_ids};
+pub use fold::fold_input_scales;
 pub use generate::{GenerateConfig, Generation, Sampling, generate, sample};
 pub use gguf::{GgufSource, load_gguf};
 pub use layers::{Attention, DecoderLayer, LayerCache, Mlp, StepContext, attention_mask};

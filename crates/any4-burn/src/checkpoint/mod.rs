@@ -4,7 +4,8 @@
 //! (`layers.0.self_attn.q_proj.weight`); dense `Linear` weights are stored `[out, in]` as in
 //! PyTorch/HF; an any4 layer at path `p` is stored as `p.qweight` (u32 `[out, ceil(in/8)]`,
 //! 8 codes per word, lowest nibble first), `p.table` (`[1 or out, 16]`), `p.scales` and `p.zeros`
-//! (`[out, groups]`) in the layer's parameter dtype, and `p.bias`. Any kernel-specific repacking
+//! (`[out, groups]`) in the layer's parameter dtype, `p.bias`, and `p.input_scale` (`[in]` f32,
+//! a per-input-channel multiplier from activation-aware scaling). Any kernel-specific repacking
 //! happens after loading, never in the file. The file's `__metadata__` holds
 //! `{"format": "any4", "quantization_config": <JSON>}`.
 //!
@@ -65,6 +66,10 @@ pub struct LayerInfo {
     pub table: String,
     /// Whether `p.bias` is present.
     pub bias: bool,
+    /// Whether `p.input_scale` (`[in]` f32, the multiplier applied to the input before the
+    /// matmul: inverse activation-aware scales) is present. Absent in older files: `false`.
+    #[serde(default)]
+    pub input_scale: bool,
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {

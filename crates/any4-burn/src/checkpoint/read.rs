@@ -33,6 +33,9 @@ fn layer_tensors(p: &str, info: &LayerInfo) -> Vec<(String, Vec<usize>, bool)> {
     if info.bias {
         v.push((format!("{p}.bias"), vec![rows], false));
     }
+    if info.input_scale {
+        v.push((format!("{p}.input_scale"), vec![cols], false));
+    }
     v
 }
 
@@ -284,7 +287,13 @@ impl Checkpoint {
                 } else {
                     None
                 };
-                Ok(Any4Linear::from_quantized(&q, bias, &device))
+                let input_scale = if info.input_scale {
+                    let s = self.read_f32(&st, &format!("{p}.input_scale"), &[d_in])?;
+                    Some(Tensor::<1>::from_data(TensorData::new(s, [d_in]), &device))
+                } else {
+                    None
+                };
+                Ok(Any4Linear::from_quantized(&q, bias, &device).with_input_scale(input_scale))
             });
             match built {
                 Ok(l) => {
@@ -296,6 +305,9 @@ impl Checkpoint {
                     );
                     if info.bias {
                         used.push(format!("{p}.bias"));
+                    }
+                    if info.input_scale {
+                        used.push(format!("{p}.input_scale"));
                     }
                 }
                 Err(e) => result = Err(e),

@@ -196,6 +196,17 @@ fn quantized_tensors(p: &str, q: &Any4Linear) -> Result<(LayerInfo, Vec<(String,
             },
         ));
     }
+    if let Some(s) = &q.input_scale {
+        let data = s.val().into_data().convert::<f32>();
+        out.push((
+            format!("{p}.input_scale"),
+            Owned {
+                dtype: Dtype::F32,
+                shape: vec![m.cols()],
+                bytes: data.as_bytes().to_vec(),
+            },
+        ));
+    }
     let info = LayerInfo {
         config: *m.config(),
         shape: m.shape(),
@@ -206,6 +217,7 @@ fn quantized_tensors(p: &str, q: &Any4Linear) -> Result<(LayerInfo, Vec<(String,
         }
         .to_string(),
         bias: q.bias.is_some(),
+        input_scale: q.input_scale.is_some(),
     };
     Ok((info, out))
 }

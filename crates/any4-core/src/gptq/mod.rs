@@ -66,6 +66,18 @@ pub enum GroupParams {
     Dynamic,
 }
 
+/// How the k-means samples of a learned table are weighted before the pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableWeights {
+    /// `|x̄_j|·s_g`, the paper's activation weighting (as round-to-nearest uses).
+    Mean,
+    /// `E[x_j²]·s_g²` from the Gram matrix's diagonal: the diagonal of the output error
+    /// `Σ_j E[x_j²]·(w_j − ŵ_j)²` written in the scaled domain.
+    #[default]
+    Gram,
+}
+
 /// Options of error feedback.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "GptqRepr", into = "GptqRepr")]
@@ -73,6 +85,7 @@ pub struct GptqConfig {
     damp: f64,
     group_params: GroupParams,
     refit: bool,
+    table_weights: TableWeights,
 }
 
 impl Default for GptqConfig {
@@ -81,6 +94,7 @@ impl Default for GptqConfig {
             damp: 0.01,
             group_params: GroupParams::Dynamic,
             refit: true,
+            table_weights: TableWeights::Gram,
         }
     }
 }
@@ -117,6 +131,15 @@ impl GptqConfig {
         self.refit = refit;
         self
     }
+    /// How the first learned tables weight their samples (default [`TableWeights::Gram`]).
+    pub fn table_weights(&self) -> TableWeights {
+        self.table_weights
+    }
+    /// Set how the first learned tables weight their samples.
+    pub fn with_table_weights(mut self, w: TableWeights) -> Self {
+        self.table_weights = w;
+        self
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -124,6 +147,8 @@ struct GptqRepr {
     damp: f64,
     group_params: GroupParams,
     refit: bool,
+    #[serde(default)]
+    table_weights: TableWeights,
 }
 
 impl TryFrom<GptqRepr> for GptqConfig {
@@ -132,7 +157,8 @@ impl TryFrom<GptqRepr> for GptqConfig {
         Ok(GptqConfig::default()
             .with_damp(r.damp)?
             .with_group_params(r.group_params)
-            .with_refit(r.refit))
+            .with_refit(r.refit)
+            .with_table_weights(r.table_weights))
     }
 }
 
@@ -142,6 +168,7 @@ impl From<GptqConfig> for GptqRepr {
             damp: c.damp,
             group_params: c.group_params,
             refit: c.refit,
+            table_weights: c.table_weights,
         }
     }
 }
@@ -154,6 +181,8 @@ pub struct HessianFactor {
     k: usize,
     r: Vec<f32>,
     diag: Vec<f64>,
+    /// `E[x_j²]`, the per-token diagonal of `H` before damping.
+    second_moment: Vec<f64>,
 }
 
 impl HessianFactor {
@@ -171,6 +200,7 @@ impl HessianFactor {
         let k = gram.k();
         let inv = 1.0 / gram.tokens() as f64;
         let diag: Vec<f64> = (0..k).map(|j| gram.get(j, j) * inv).collect();
+        let second_moment = diag.clone();
         let live: Vec<f64> = diag.iter().copied().filter(|&d| d > 0.0).collect();
         let mean = if live.is_empty() {
             1.0
@@ -205,7 +235,12 @@ impl HessianFactor {
                 *v = (t(i, j) / t(j, j)) as f32;
             }
         });
-        Ok(HessianFactor { k, r, diag })
+        Ok(HessianFactor {
+            k,
+            r,
+            diag,
+            second_moment,
+        })
     }
 
     /// Input width `K`.
@@ -239,13 +274,18 @@ impl HessianFactor {
                 *v = *v * s[j] / s[i];
             }
         });
-        let diag = self
-            .diag
-            .iter()
-            .zip(s)
-            .map(|(d, &sj)| d / (sj as f64 * sj as f64))
-            .collect();
-        Ok(HessianFactor { k, r, diag })
+        let per_channel = |v: &[f64]| -> Vec<f64> {
+            v.iter()
+                .zip(s)
+                .map(|(d, &sj)| d / (sj as f64 * sj as f64))
+                .collect()
+        };
+        Ok(HessianFactor {
+            k,
+            r,
+            diag: per_channel(&self.diag),
+            second_moment: per_channel(&self.second_moment),
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use crate::levels::{self, Domain};
 use crate::linalg::{Strided, gemm_into};
 use crate::quantize::{TABLE_LEN, group_params, learn_table};
 
-use super::{GptqConfig, GroupParams, HessianFactor};
+use super::{GptqConfig, GroupParams, HessianFactor, TableWeights};
 
 /// Columns per block of the pass. A multiple of every supported group size below it (32, 64)
 /// and a divisor of those above (256 … 1024), so each group's targets are complete when the
@@ -21,6 +21,7 @@ pub(super) struct Pass<'a> {
     factor: &'a HessianFactor,
     dynamic: bool,
     refit: bool,
+    table_weights: TableWeights,
     cols: usize,
     group: usize,
     groups: usize,
@@ -65,6 +66,7 @@ impl<'a> Pass<'a> {
             factor,
             dynamic: gptq.group_params() == GroupParams::Dynamic,
             refit: gptq.refit() && config.format().is_learned(),
+            table_weights: gptq.table_weights(),
             cols,
             group,
             groups: config.group_size().groups_for(cols),
@@ -98,8 +100,19 @@ impl<'a> Pass<'a> {
                         .enumerate()
                         .map(|(j, &v)| (v - z[j / group]) / s[j / group])
                         .collect();
-                    let weights: Option<Vec<f32>> =
-                        stats.map(|x| (0..cols).map(|j| x[j].abs() * s[j / group]).collect());
+                    let weights: Option<Vec<f32>> = match self.table_weights {
+                        TableWeights::Mean => {
+                            stats.map(|x| (0..cols).map(|j| x[j].abs() * s[j / group]).collect())
+                        }
+                        TableWeights::Gram => Some(
+                            (0..cols)
+                                .map(|j| {
+                                    let sg = s[j / group] as f64;
+                                    (self.factor.second_moment[j] * sg * sg) as f32
+                                })
+                                .collect(),
+                        ),
+                    };
                     learn_table(&scaled, weights.as_deref(), self.config, first_row + r)
                 }
             })

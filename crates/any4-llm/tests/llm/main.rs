@@ -1,6 +1,7 @@
 //! any4-llm behaviour tests on the Flex backend: one test binary (each costs a link), one
 //! module per concern.
 
+mod act_scale;
 mod cache;
 mod common;
 mod gguf;
