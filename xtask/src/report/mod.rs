@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::plot;
 
+mod methods;
+
 type Result<T> = std::result::Result<T, String>;
 
 const RECORDS: &str = "bench/results/accuracy.json";
@@ -39,6 +41,8 @@ struct ModelSpec {
     default: bool,
     /// Formats measured besides the baseline (`None`: every setting of [`settings`]).
     only: Option<&'static [Setting0]>,
+    /// Also measure [`methods::settings`] (group 128 only).
+    methods: bool,
 }
 
 /// `(format, kmeans, calibration)` of a [`Setting`], as a constant.
@@ -72,6 +76,13 @@ pub struct Setting {
     pub kmeans: Option<String>,
     /// `one-shot` or `sequential`.
     pub calibration: Option<String>,
+    /// How codes are chosen beyond round-to-nearest: `gptq`, `act-scale`, `gptq+act-scale`
+    /// (`None`: round-to-nearest, the paper's method). See [`methods`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Calibration text (`None`: the built-in prompt). See [`methods::calib_args`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calib: Option<String>,
 }
 
 impl Setting {
@@ -80,6 +91,8 @@ impl Setting {
             format: format.into(),
             kmeans: kmeans.map(Into::into),
             calibration: Some(calibration.into()),
+            method: None,
+            calib: None,
         }
     }
 
@@ -97,6 +110,14 @@ impl Setting {
             && (self.kmeans.is_some() || c == "sequential")
         {
             parts.push(c.as_str());
+        }
+        if let Some(m) = &self.method {
+            parts.push(m.as_str());
+        }
+        let calib;
+        if let Some(c) = &self.calib {
+            calib = format!("calib {c}");
+            parts.push(&calib);
         }
         if self.format == "dense" {
             return "baseline (dense f32)".into();
@@ -117,6 +138,14 @@ impl Setting {
         if self.calibration.as_deref() == Some("sequential") {
             s.push_str("-seq");
         }
+        if let Some(m) = &self.method {
+            s.push('-');
+            s.push_str(m);
+        }
+        if let Some(c) = &self.calib {
+            s.push('-');
+            s.push_str(c);
+        }
         s
     }
 }
@@ -127,6 +156,8 @@ fn settings() -> Vec<Setting> {
         format: "dense".into(),
         kmeans: None,
         calibration: None,
+        method: None,
+        calib: None,
     }];
     for f in ["int4", "fp4", "nf4"] {
         v.push(Setting::quant(f, None, "one-shot"));
@@ -163,6 +194,10 @@ pub struct Record {
     pub rel_mse: Option<f64>,
     /// Quantization pass wall time (calibration forward not included for one-shot).
     pub pass_seconds: Option<f64>,
+    /// Calibration forward(s) plus the pass, wall time (`None` in records from before it was
+    /// reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant_seconds: Option<f64>,
     /// Perplexity per dataset.
     pub ppl: BTreeMap<String, f64>,
     /// Predicted tokens per dataset.
@@ -204,6 +239,7 @@ fn models(smollm2_windows: Option<usize>) -> Vec<ModelSpec> {
             derive: None,
             default: true,
             only: None,
+            methods: true,
         },
         ModelSpec {
             name: "smollm2-135m",
@@ -218,6 +254,7 @@ fn models(smollm2_windows: Option<usize>) -> Vec<ModelSpec> {
             derive: None,
             default: true,
             only: None,
+            methods: true,
         },
         // The SmolLM2 question on a model we trained in f32: the tiny model with every linear
         // first rounded to a Q4_1-like lattice (int4 = asymmetric min/max, scale = (max − min)/15
@@ -243,6 +280,7 @@ fn models(smollm2_windows: Option<usize>) -> Vec<ModelSpec> {
                 ("any4", Some("lloyd"), "one-shot"),
                 ("any4", Some("exact"), "one-shot"),
             ]),
+            methods: false,
         },
     ]
 }
@@ -347,8 +385,17 @@ pub fn accuracy(args: &[String]) -> Result<()> {
                 continue;
             }
             let mut todo = Vec::new();
-            for group in ["128", "per-row"] {
-                for setting in spec.settings() {
+            let extra = if spec.methods {
+                methods::settings()
+            } else {
+                Vec::new()
+            };
+            let runs = ["128", "per-row"]
+                .into_iter()
+                .flat_map(|g| spec.settings().into_iter().map(move |s| (g, s)))
+                .chain(extra.into_iter().map(|s| ("128", s)));
+            for (group, setting) in runs {
+                {
                     let group = if setting.format == "dense" {
                         "-"
                     } else {
@@ -364,6 +411,7 @@ pub fn accuracy(args: &[String]) -> Result<()> {
                         format_bits_per_weight: None,
                         rel_mse: None,
                         pass_seconds: None,
+                        quant_seconds: None,
                         ppl: BTreeMap::new(),
                         tokens: BTreeMap::new(),
                         commit: commit.clone(),
@@ -483,11 +531,14 @@ fn measure(spec: &ModelSpec, mut rec: Record) -> Result<Record> {
         if rec.setting.calibration.as_deref() == Some("sequential") {
             a.push(s("--sequential"));
         }
+        a.extend(methods::method_args(rec.setting.method.as_deref())?);
+        a.extend(methods::calib_args(rec.setting.calib.as_deref())?);
         let q = any4_json(&a)?;
         rec.bits_per_weight = q["bits_per_weight"].as_f64();
         rec.format_bits_per_weight = q["format_bits_per_weight"].as_f64();
         rec.rel_mse = q["rel_mse"].as_f64();
         rec.pass_seconds = q["pass_seconds"].as_f64();
+        rec.quant_seconds = q["quant_seconds"].as_f64();
         tmp.clone()
     };
     for (d, text) in spec.texts {
@@ -567,6 +618,8 @@ fn ordering(records: &[Record], model: &str, group: &str, dataset: &str) -> Opti
                     && r.setting.format == f
                     && r.setting.kmeans.as_deref() != Some("exact")
                     && r.setting.calibration.as_deref() == Some("one-shot")
+                    && r.setting.method.is_none()
+                    && r.setting.calib.is_none()
             })
             .and_then(|r| r.ppl.get(dataset).copied())
     };
@@ -667,6 +720,7 @@ fn render(records: &[Record]) -> Result<()> {
             panels.push((format!("{} · group {group} · {chart}", spec.name), panel));
         }
     }
+    md.push_str(&methods::render(records));
     md.push_str(ANALYSIS);
     md.push_str(RESULTS_FOOTER);
     if !panels.is_empty() {

@@ -1,0 +1,160 @@
+//! The accuracy report's second axis: how codes are chosen (error feedback, activation-aware
+//! scales) and what the model is calibrated on, measured at group 128 against the paper's
+//! round-to-nearest rows of the main tables.
+
+use super::{Record, Result, Setting, fmt_opt, fmt_ppl};
+
+/// Calibration text of the method rows: Shakespeare and the PTB *training* split, an equal share
+/// of tokens each, as 2048-token windows spread over each file (`any4 quantize --calib-file`).
+const MIX_FILES: [&str; 2] = [".cache/data/shakespeare.txt", ".cache/data/ptb.train.txt"];
+
+/// `(format, method, calibration)` of the measured rows, in run (priority) and table order.
+const ROWS: &[(&str, Option<&str>, Option<&str>)] = &[
+    ("any4", None, Some("mix16k")),
+    ("any4", Some("gptq"), Some("mix16k")),
+    ("any4", Some("act-scale"), Some("mix16k")),
+    ("any4", Some("gptq+act-scale"), Some("mix16k")),
+    ("nf4", Some("gptq"), Some("mix16k")),
+    ("int4", Some("gptq"), Some("mix16k")),
+    ("fp4", Some("gptq"), Some("mix16k")),
+    // Calibration size.
+    ("any4", Some("gptq"), None),
+    ("any4", Some("gptq"), Some("mix4k")),
+    ("any4", Some("gptq"), Some("mix32k")),
+    ("nf4", Some("act-scale"), Some("mix16k")),
+    ("int4", Some("act-scale"), Some("mix16k")),
+    ("fp4", Some("act-scale"), Some("mix16k")),
+];
+
+/// The method settings (k-means++ tables for any4, one-shot calibration).
+pub(super) fn settings() -> Vec<Setting> {
+    ROWS.iter()
+        .map(|&(f, m, c)| Setting {
+            format: f.into(),
+            kmeans: (f == "any4").then(|| "lloyd".into()),
+            calibration: Some("one-shot".into()),
+            method: m.map(Into::into),
+            calib: c.map(Into::into),
+        })
+        .collect()
+}
+
+/// `any4 quantize` flags of a method. Error feedback dampens with 0.1 × the mean diagonal: the
+/// calibration Grams of a 135M model are far from full rank at a few thousand tokens.
+pub(super) fn method_args(method: Option<&str>) -> Result<Vec<String>> {
+    let gptq = ["--method", "gptq", "--damp", "0.1"];
+    let v: Vec<&str> = match method {
+        None => vec![],
+        Some("gptq") => gptq.to_vec(),
+        Some("act-scale") => vec!["--act-scale"],
+        Some("gptq+act-scale") => [&gptq[..], &["--act-scale"]].concat(),
+        Some(other) => return Err(format!("unknown method `{other}`")),
+    };
+    Ok(v.into_iter().map(String::from).collect())
+}
+
+/// `any4 quantize` flags of a calibration text: `mixNk` is N·1024 tokens of [`MIX_FILES`].
+pub(super) fn calib_args(calib: Option<&str>) -> Result<Vec<String>> {
+    let Some(c) = calib else { return Ok(vec![]) };
+    let k: usize = c
+        .strip_prefix("mix")
+        .and_then(|n| n.strip_suffix('k'))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("unknown calibration `{c}`"))?;
+    let mut a = Vec::new();
+    for f in MIX_FILES {
+        if !std::path::Path::new(f).exists() {
+            return Err(format!(
+                "{f}: not found (run `cargo xtask fetch shakespeare ptb`)"
+            ));
+        }
+        a.extend(["--calib-file".to_string(), f.to_string()]);
+    }
+    a.extend(["--calib-tokens".to_string(), (k * 1024).to_string()]);
+    Ok(a)
+}
+
+/// The methods section: per model, the round-to-nearest rows of the main table, then every
+/// measured method row, with perplexity relative to the dense baseline.
+pub(super) fn render(records: &[Record]) -> String {
+    let mut md = String::new();
+    let mut models: Vec<&str> = Vec::new();
+    for r in records {
+        if r.setting.method.is_some() || r.setting.calib.is_some() {
+            if !models.contains(&r.model.as_str()) {
+                models.push(&r.model);
+            }
+        }
+    }
+    if models.is_empty() {
+        return md;
+    }
+    md.push_str(SECTION_HEADER);
+    for model in models {
+        let recs: Vec<&Record> = records.iter().filter(|r| r.model == model).collect();
+        let Some(dense) = recs.iter().find(|r| r.setting.format == "dense") else {
+            continue;
+        };
+        let texts: Vec<&String> = dense.ppl.keys().collect();
+        md.push_str(&format!("\n### {model}, group 128\n\n| setting |"));
+        for t in &texts {
+            md.push_str(&format!(" {t} ppl | × dense |"));
+        }
+        md.push_str(" bits/weight | rel. MSE | quant time (s) |\n|---|");
+        for _ in &texts {
+            md.push_str("---:|---:|");
+        }
+        md.push_str("---:|---:|---:|\n");
+        let reference = ["any4", "nf4", "int4", "fp4"].map(|f| Setting {
+            format: f.into(),
+            kmeans: (f == "any4").then(|| "lloyd".into()),
+            calibration: Some("one-shot".into()),
+            method: None,
+            calib: None,
+        });
+        for s in reference.iter().chain(settings().iter()) {
+            let Some(r) = recs.iter().find(|r| r.group == "128" && r.setting == *s) else {
+                continue;
+            };
+            md.push_str(&format!("| {} |", s.label()));
+            for t in &texts {
+                let ratio = match (r.ppl.get(*t), dense.ppl.get(*t)) {
+                    (Some(p), Some(d)) => Some(p / d),
+                    _ => None,
+                };
+                md.push_str(&format!(
+                    " {} | {} |",
+                    fmt_ppl(r.ppl.get(*t)),
+                    fmt_opt(ratio, 3)
+                ));
+            }
+            // Records from before quant_seconds was reported show the pass time alone.
+            let time = match (r.quant_seconds, r.pass_seconds) {
+                (Some(q), _) => fmt_opt(Some(q), 1),
+                (None, p) => format!("{} (pass)", fmt_opt(p, 1)),
+            };
+            md.push_str(&format!(
+                " {} | {} | {time} |\n",
+                fmt_opt(r.bits_per_weight, 3),
+                r.rel_mse.map_or("–".into(), |x| format!("{x:.2e}")),
+            ));
+        }
+    }
+    md
+}
+
+const SECTION_HEADER: &str = "
+## Error feedback, activation-aware scales and calibration
+
+Rows without a method are round-to-nearest (the paper); `gptq` is error feedback through the
+calibration Gram matrix (`--method gptq --damp 0.1`: columns quantized in order, each one's
+error spread over the later columns through the Cholesky factor of H⁻¹; learned tables refit
+after the pass); `act-scale` searches per layer input s = mean|x|^α on a 10-point grid by the
+output error on the calibration tokens (`--act-scale`; the inverse is folded into the RMSNorm
+before q/k/v and gate/up, o_proj and down_proj store an f32 input multiplier, counted in the bits).
+`calib mixNk` is N·1024 calibration tokens, half from Shakespeare and half from the PTB
+*training* split, as 2048-token windows spread over each file; rows without it use the built-in
+prompt (330 tokens for SmolLM2's tokenizer). PTB is evaluated on its validation split, so PTB
+calibration is in-domain text but not the evaluated text. Quant time is the wall time of the
+calibration forward(s) plus the pass on a 2-core machine shared with other jobs (noisy).
+";
