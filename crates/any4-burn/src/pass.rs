@@ -251,7 +251,10 @@ impl fmt::Display for Report {
 /// The factor of the most recent Gram matrix and input scales (layers sharing an input are
 /// visited in a row and share both).
 #[derive(Default)]
-struct FactorCache(Option<(Arc<Gram>, Option<Arc<Vec<f32>>>, Arc<HessianFactor>)>);
+struct FactorCache(Option<CachedFactor>);
+
+/// A Gram matrix, the input scales its factor was rescaled by, and the factor.
+type CachedFactor = (Arc<Gram>, Option<Arc<Vec<f32>>>, Arc<HessianFactor>);
 
 impl FactorCache {
     fn get(

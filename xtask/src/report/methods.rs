@@ -80,10 +80,10 @@ pub(super) fn render(records: &[Record]) -> String {
     let mut md = String::new();
     let mut models: Vec<&str> = Vec::new();
     for r in records {
-        if r.setting.method.is_some() || r.setting.calib.is_some() {
-            if !models.contains(&r.model.as_str()) {
-                models.push(&r.model);
-            }
+        if (r.setting.method.is_some() || r.setting.calib.is_some())
+            && !models.contains(&r.model.as_str())
+        {
+            models.push(&r.model);
         }
     }
     if models.is_empty() {
