@@ -6,6 +6,7 @@ use std::process::{Command, ExitCode};
 
 mod fetch;
 mod gpu;
+mod make_model;
 mod plot;
 mod report;
 
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some("make-model") => report_result("make-model", make_model::make_model(&args[1..])),
         Some("fetch") => match fetch::fetch(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -63,6 +65,12 @@ fn main() -> ExitCode {
             );
             println!(
                 "  plot kernels [FILE.json...]  bench/results/kernels-*.json → bench/results/kernels.png"
+            );
+            println!(
+                "  make-model --preset llama-3-8b|llama-3-8b-mini --random --out DIR [--seed S]"
+            );
+            println!(
+                "                 sharded bf16 safetensors of the preset's shapes, random weights"
             );
             println!("  ci             run .ci/run (what CI runs)");
             println!(

@@ -25,6 +25,8 @@ use any4_llm::{
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod reach;
+
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// stdout was closed by its reader: stop without an error message.
@@ -134,6 +136,8 @@ enum Cmd {
     /// Turn every quantized layer of a checkpoint back into a dense f32 one (a folder that
     /// `eval`, `generate` and `quantize` read as a dense model).
     Dequantize(DequantizeArgs),
+    /// Import a GPTQ or AWQ int4 checkpoint (HF folder) into an any4 folder, losslessly.
+    Import(reach::ImportArgs),
     /// Generate text from a prompt.
     Generate(GenerateArgs),
     /// Perplexity of a model on a text file (GPTQ protocol: non-overlapping windows).
@@ -175,6 +179,14 @@ struct QuantizeArgs {
     /// Calibrate block by block on the already-quantized earlier blocks.
     #[arg(long)]
     sequential: bool,
+    /// Quantize one decoder block at a time from the memory-mapped files, for models larger
+    /// than memory (HF safetensors folders; chosen automatically when the model would not fit).
+    #[arg(long)]
+    stream: bool,
+    /// Memory limit, e.g. 4G: stream when the in-memory pass would need more, and refuse
+    /// before reading any weight when even streaming would.
+    #[arg(long, value_parser = reach::parse_bytes)]
+    max_memory: Option<u64>,
     /// Also quantize the LM head (left dense by default, as in the paper); embeddings stay dense.
     #[arg(long)]
     lm_head: bool,
@@ -280,6 +292,10 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     for p in &a.skip {
         cfg = cfg.exclude(p)?;
     }
+    if let Some((report, calib_tokens)) = reach::quantize_streaming(&a, &cfg, device)? {
+        let layers = report.layers.len();
+        return print_quantized(&a, &report, calib_tokens, layers, true);
+    }
     prepare_out(&a.out)?;
     let t = Instant::now();
     let (mut model, tokenizer) = load_checked(&a.model, device)?;
@@ -305,13 +321,25 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
         quantize_model(model, &cfg, Some(&stats))?
     };
     let qc = save_any4(&a.out, &mut model, &tokenizer)?;
+    print_quantized(&a, &report, ids.len(), qc.layers.len(), false)
+}
+
+/// The summary of `quantize`: the JSON line or the report's last line and where it went.
+fn print_quantized(
+    a: &QuantizeArgs,
+    report: &any4_burn::Report,
+    calib_tokens: usize,
+    saved_layers: usize,
+    streamed: bool,
+) -> AnyResult<()> {
     if a.json {
         outln!(
             "{}",
             serde_json::json!({"model": a.model, "out": a.out, "format": a.format.to_string(),
                 "group_size": a.group_size.to_string(), "kmeans": a.kmeans.to_string(),
                 "calibration": if a.sequential { "sequential" } else { "one-shot" },
-                "calib_tokens": ids.len(), "layers": report.layers.len(),
+                "streamed": streamed,
+                "calib_tokens": calib_tokens, "layers": report.layers.len(),
                 "weights": report.weights(), "bits_per_weight": report.bits_per_weight(),
                 // Codes are stored in 4-bit slots; any3/any2 would need only `bits` per code.
                 "format_bits_per_weight":
@@ -323,14 +351,15 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     }
     outln!("{}", report.to_string().lines().last().unwrap_or_default());
     outln!(
-        "calibration: {} tokens ({}), {} layers quantized, saved to {}",
-        ids.len(),
+        "calibration: {} tokens ({}{}), {} layers quantized, saved to {}",
+        calib_tokens,
         if a.sequential {
             "sequential"
         } else {
             "one-shot"
         },
-        qc.layers.len(),
+        if streamed { ", streamed" } else { "" },
+        saved_layers,
         a.out.display()
     );
     Ok(())
@@ -541,6 +570,7 @@ fn run(cli: Cli) -> AnyResult<()> {
     match cli.cmd {
         Cmd::Quantize(a) => removing_new_dir_on_error(&a.out.clone(), || cmd_quantize(a, &device)),
         Cmd::Inspect(a) => cmd_inspect(a),
+        Cmd::Import(a) => reach::cmd_import(a),
         Cmd::Dequantize(a) => {
             removing_new_dir_on_error(&a.out.clone(), || cmd_dequantize(a, &device))
         }

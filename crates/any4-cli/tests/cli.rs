@@ -684,3 +684,157 @@ fn eval_ppl(model: &Path, text: &Path, windows: usize) -> f64 {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("eval --json is JSON");
     v["ppl"].as_f64().expect("ppl")
 }
+
+/// `--stream` writes what the in-memory `quantize` writes (one-shot and sequential), and a
+/// `--max-memory` below the streaming peak is refused before anything is written.
+#[test]
+fn streamed_quantize_matches_in_memory_and_respects_max_memory() {
+    let root = scratch("stream");
+    let model = tiny_llama();
+    let m = model.to_str().unwrap();
+    for sequential in [false, true] {
+        let (memory, stream) = (root.join("memory"), root.join("stream"));
+        let _ = std::fs::remove_dir_all(&memory);
+        let _ = std::fs::remove_dir_all(&stream);
+        // The first block only: debug builds are slow.
+        let mut args = vec!["quantize", "--model", m, "--calib-tokens", "64"];
+        for skip in [
+            "layers.1*",
+            "layers.2*",
+            "layers.3*",
+            "layers.4*",
+            "layers.5*",
+        ] {
+            args.extend(["--skip", skip]);
+        }
+        if sequential {
+            args.push("--sequential");
+        }
+        let run = |out: &Path, extra: &[&str]| {
+            let mut a = args.clone();
+            a.extend(["--out", out.to_str().unwrap()]);
+            a.extend(extra);
+            let o = any4(&a);
+            assert!(o.status.success(), "quantize {extra:?}: {}", stderr(&o));
+            stdout(&o)
+        };
+        run(&memory, &[]);
+        let text = run(&stream, &["--stream"]);
+        assert!(text.contains("streamed"), "{text}");
+        for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+            assert!(
+                std::fs::read(memory.join(f)).unwrap() == std::fs::read(stream.join(f)).unwrap(),
+                "{f} differs (sequential: {sequential})"
+            );
+        }
+    }
+    let refused = root.join("refused");
+    let o = any4(&[
+        "quantize",
+        "--model",
+        m,
+        "--out",
+        refused.to_str().unwrap(),
+        "--stream",
+        "--max-memory",
+        "1M",
+    ]);
+    assert_one_line_error(&o, "over --max-memory");
+    assert!(!refused.exists());
+    let o = any4(&[
+        "quantize",
+        "--model",
+        m,
+        "--out",
+        refused.to_str().unwrap(),
+        "--max-memory",
+        "lots",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // Streaming needs safetensors: a GGUF file is refused with the reason.
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-gguf");
+    let file = std::fs::read_dir(&gguf)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .expect("a GGUF fixture");
+    let o = any4(&[
+        "quantize",
+        "--model",
+        file.to_str().unwrap(),
+        "--out",
+        refused.to_str().unwrap(),
+        "--stream",
+    ]);
+    assert_one_line_error(&o, "--stream needs an HF folder");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// `any4 import` of the GPTQ fixture, then the other commands read the result; errors are one
+/// line naming the problem.
+#[test]
+fn import_gptq_then_inspect_and_eval() {
+    let root = scratch("import");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../any4-llm/tests/fixtures/int4");
+    let out = root.join("gptq-any4");
+    let src = fixture.join("gptq-tiny");
+    let o = any4(&[
+        "import",
+        "--from",
+        "gptq",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "import: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("import --json is JSON");
+    assert_eq!(v["layers"], 7);
+    let o = any4(&["inspect", out.to_str().unwrap()]);
+    assert!(
+        o.status.success() && stdout(&o).contains("int4"),
+        "{}",
+        stdout(&o)
+    );
+    let text = root.join("words.txt");
+    std::fs::write(&text, "w3 w4 w5 w6 w7 w8 w9 w10 ".repeat(8)).unwrap();
+    let o = any4(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--seq-len",
+        "16",
+        "--json",
+    ]);
+    assert!(o.status.success(), "eval: {}", stderr(&o));
+    let o = any4(&[
+        "import",
+        "--from",
+        "awq",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        root.join("x").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "quant_method is `gptq`");
+    // An output folder holding someone's files is never replaced.
+    let busy = root.join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("notes.txt"), "mine").unwrap();
+    let o = any4(&[
+        "import",
+        "--from",
+        "gptq",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        busy.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "not an any4 model folder");
+    assert!(busy.join("notes.txt").is_file());
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -13,6 +13,7 @@
 
 mod codec;
 mod read;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod walk;
@@ -28,6 +29,7 @@ use crate::error::Error;
 
 pub use codec::bytes_to_f32;
 pub use read::Checkpoint;
+pub use stream::{CheckpointWriter, PlannedTensor, write_checkpoint_streaming};
 pub use walk::check_finite;
 pub use write::save;
 
