@@ -26,9 +26,9 @@ fn refused(path: &Path, reason: String) -> Error {
 /// folder beside `dir`; then every file and the folder are synced and the folder is renamed to
 /// `dir`.
 ///
-/// An existing `dir` is replaced only if it is empty or holds nothing but files the new folder
-/// also has, with an any4 checkpoint as its `model.safetensors` (an earlier output of this
-/// tool): then the two folders are exchanged in one `renameat2(RENAME_EXCHANGE)` on Linux (two
+/// An existing `dir` is replaced only if it is empty or holds nothing but an any4 folder's
+/// files (`model.safetensors` — an any4 checkpoint —, `config.json`, `tokenizer.json`), each
+/// of which the new folder also has (an earlier output of this tool): then the two folders are exchanged in one `renameat2(RENAME_EXCHANGE)` on Linux (two
 /// renames elsewhere) and the old one is deleted. Any other existing `dir` is refused before
 /// `fill` runs, naming what is in the way, so no user file is ever deleted. On error the
 /// temporary folder is removed and `dir` is untouched. Temporary folders of killed writers
@@ -83,9 +83,12 @@ fn swap_in(tmp: &Path, dir: &Path, parent: &Path) -> Result<()> {
         .map_err(io(parent))
 }
 
+/// The files of an any4 model folder: all an existing output folder may hold to be replaced.
+const FOLDER_FILES: [&str; 3] = ["model.safetensors", "config.json", "tokenizer.json"];
+
 /// Whether the existing folder `dir` may be replaced: a folder (not a file or a link to one),
-/// empty, or an earlier any4 output — only plain files, each also in `new` when given, and an
-/// any4 `model.safetensors`.
+/// empty, or an earlier any4 output — only the files of an any4 folder, each also in `new`
+/// when given, with an any4 `model.safetensors`.
 fn replaceable(dir: &Path, new: Option<&Path>) -> Result<()> {
     let meta = std::fs::symlink_metadata(dir).map_err(io(dir))?;
     if !meta.is_dir() {
@@ -112,7 +115,8 @@ fn replaceable(dir: &Path, new: Option<&Path>) -> Result<()> {
         ));
     }
     for (file, kind) in entries {
-        let other = !kind.is_file() || new.is_some_and(|n| !n.join(&file).is_file());
+        let known = FOLDER_FILES.iter().any(|f| file == *f);
+        let other = !kind.is_file() || !known || new.is_some_and(|n| !n.join(&file).is_file());
         if other {
             return Err(refused(
                 dir,

@@ -34,6 +34,7 @@ mod error;
 mod extension;
 mod folder;
 mod linear;
+mod mapper;
 mod pass;
 mod pattern;
 mod weight;
@@ -52,6 +53,7 @@ pub use linear::{
     Any4Linear, CalibratingLinear, QLinear, QLinearContainer, join_path, qlinear_paths,
     transposed_contiguous,
 };
+pub use mapper::{reconstruct_linears, reconstruct_linears_as};
 pub use pass::{
     BlockwiseModel, LayerReport, QuantizeConfig, Report, quantize_model, quantize_model_sequential,
 };

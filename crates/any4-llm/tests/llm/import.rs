@@ -162,18 +162,12 @@ fn numpy_fixture_layers_round_trip_bit_exactly() {
             format!("{case}.scales"),
             format!("{case}.g_idx"),
         ];
-        let raw = |v: &safetensors::tensor::TensorView<'_>, i: usize| RawTensor {
-            name: &names[i],
-            dtype: v.dtype(),
-            shape: v.shape(),
-            bytes: v.data(),
-        };
         let g = st.tensor(&names[3]).ok();
         let layer = PackedLayer {
-            qweight: raw(&qw, 0),
-            qzeros: raw(&qz, 1),
-            scales: raw(&sc, 2),
-            g_idx: g.as_ref().map(|v| raw(v, 3)),
+            qweight: raw(&names[0], &qw),
+            qzeros: raw(&names[1], &qz),
+            scales: raw(&names[2], &sc),
+            g_idx: g.as_ref().map(|v| raw(&names[3], v)),
         };
         let reference = t("reference");
         let shape = [reference.shape()[0], reference.shape()[1]];
@@ -194,17 +188,11 @@ fn numpy_fixture_layers_round_trip_bit_exactly() {
     let case = "gptq_actorder_scattered";
     let names = ["qweight", "qzeros", "scales", "g_idx"].map(|n| format!("{case}.{n}"));
     let views: Vec<_> = names.iter().map(|n| st.tensor(n).unwrap()).collect();
-    let raw = |i: usize| RawTensor {
-        name: &names[i],
-        dtype: views[i].dtype(),
-        shape: views[i].shape(),
-        bytes: views[i].data(),
-    };
     let layer = PackedLayer {
-        qweight: raw(0),
-        qzeros: raw(1),
-        scales: raw(2),
-        g_idx: Some(raw(3)),
+        qweight: raw(&names[0], &views[0]),
+        qzeros: raw(&names[1], &views[1]),
+        scales: raw(&names[2], &views[2]),
+        g_idx: Some(raw(&names[3], &views[3])),
     };
     let err = unpack_layer(
         PackedFormat::Gptq { zero_offset: 1 },
@@ -217,6 +205,15 @@ fn numpy_fixture_layers_round_trip_bit_exactly() {
         err.contains("gptq_actorder_scattered.g_idx") && err.contains("act-order"),
         "{err}"
     );
+}
+
+fn raw<'a>(name: &'a str, v: &'a safetensors::tensor::TensorView<'_>) -> RawTensor<'a> {
+    RawTensor {
+        name,
+        dtype: v.dtype(),
+        shape: v.shape(),
+        bytes: v.data(),
+    }
 }
 
 fn reference_weights(dir: &Path) -> Vec<(String, Vec<u32>)> {

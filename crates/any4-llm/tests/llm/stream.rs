@@ -110,18 +110,15 @@ fn streaming_writes_the_in_memory_checkpoint_byte_for_byte() {
     }
 }
 
-/// The tiny Llama (trained, tied embeddings) through the public entry point, its first two
-/// blocks quantized (debug builds are slow), and the same model split into two shards.
+/// The tiny Llama (trained, tied embeddings) with its first block quantized (debug builds are
+/// slow), and the same model split into two shards.
 #[test]
 fn tied_and_sharded_models_stream_identically() {
     let src = tiny_llama_dir();
     let (_, tok) = load_pretrained(&src, &device()).unwrap();
-    let ids = tok.encode(CALIBRATION_PROMPT, true).unwrap();
-    let cfg = QuantizeConfig::default()
-        .include("layers.0.*")
-        .unwrap()
-        .include("layers.1.*")
-        .unwrap();
+    let mut ids = tok.encode(CALIBRATION_PROMPT, true).unwrap();
+    ids.truncate(64);
+    let cfg = QuantizeConfig::default().include("layers.0.*").unwrap();
     let out = TempDir::new("tiny-stream");
     let (memory, stream) = (out.0.join("memory"), out.0.join("stream"));
     in_memory(&src, &memory, &cfg, Calibration::Sequential, &ids);
@@ -163,12 +160,18 @@ fn tied_and_sharded_models_stream_identically() {
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(src.join(f), sharded.0.join(f)).unwrap();
     }
-    let from_shards = out.0.join("shards");
-    StreamingQuantizer::open(&sharded.0, &device())
-        .unwrap()
-        .run(&from_shards, &cfg, Calibration::Sequential, &ids, None)
+    // One small layer is enough to check reading; the rest is copied.
+    let cfg = QuantizeConfig::default()
+        .include("layers.0.self_attn.k_proj")
         .unwrap();
-    assert_same_folder(&stream, &from_shards, "sharded tiny-llama");
+    let (single, from_shards) = (out.0.join("single"), out.0.join("shards"));
+    for (dir, to) in [(&src, &single), (&sharded.0, &from_shards)] {
+        StreamingQuantizer::open(dir, &device())
+            .unwrap()
+            .run(to, &cfg, Calibration::OneShot, &ids, None)
+            .unwrap();
+    }
+    assert_same_folder(&single, &from_shards, "sharded tiny-llama");
 }
 
 #[test]
