@@ -12,7 +12,11 @@ mod swap;
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let weights = Path::new("../../models/tiny-llama/model.safetensors");
-    for f in ["model/tiny-llama.onnx", "src/swap.rs", weights.to_str().unwrap()] {
+    for f in [
+        "model/tiny-llama.onnx",
+        "src/swap.rs",
+        weights.to_str().unwrap(),
+    ] {
         println!("cargo:rerun-if-changed={f}");
     }
     let onnx_dir = out.join("onnx");
@@ -20,10 +24,16 @@ fn main() {
     std::fs::copy("model/tiny-llama.onnx", onnx_dir.join("tiny-llama.onnx")).expect("copy onnx");
     std::fs::copy(weights, onnx_dir.join("model.safetensors")).expect("copy safetensors");
     burn_onnx::ModelGen::new()
-        .input(onnx_dir.join("tiny-llama.onnx").to_str().expect("utf-8 path"))
+        .input(
+            onnx_dir
+                .join("tiny-llama.onnx")
+                .to_str()
+                .expect("utf-8 path"),
+        )
         .out_dir("model/")
-        // One flat `Model` struct: fields linear1..linear43 in graph order.
-        .partition(false)
+        // Graphs over 200 nodes are split into `SubmoduleK` structs (burn-onnx 0.22 computes the
+        // split before reading `.partition(false)`, so it cannot be turned off); the linears
+        // are numbered `linear1 … linear43` across them in graph order.
         .run_from_script();
     let generated = out.join("model/tiny-llama.rs");
     let source = std::fs::read_to_string(&generated).expect("generated source");

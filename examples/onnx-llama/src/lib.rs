@@ -13,7 +13,8 @@
 //!    through [`any4_burn::quantize_model`] like a hand-written model: its linears become any4
 //!    layers and run on the any4 kernels.
 //!
-//! The generated layers are named `linear1 … linear43` in graph order; [`hf_path`] gives their
+//! The generated layers are named `linear1 … linear43` in graph order (inside `submoduleK`
+//! structs: burn-onnx splits graphs over 200 nodes); [`hf_path`] gives their
 //! HF names, so both routes can be calibrated with the hand-written model's statistics and
 //! use the same include/exclude patterns (the LM head stays dense by default). The test
 //! checks that all three give the same perplexity.
@@ -52,11 +53,12 @@ const BLOCK: [&str; 7] = [
     "mlp.down_proj",
 ];
 
-/// HF module path of generated layer `linearN` of a model with `layers` blocks (the export
-/// emits each block's seven linears in [`BLOCK`] order, then the LM head); other paths as
-/// they are.
+/// HF module path of generated layer `[submoduleK.]linearN` of a model with `layers` blocks
+/// (the export emits each block's seven linears in [`BLOCK`] order, then the LM head; burn-onnx
+/// numbers them across submodules); other paths as they are.
 pub fn hf_path(generated: &str, layers: usize) -> String {
-    let Some(n) = generated
+    let last = generated.rsplit('.').next().unwrap_or(generated);
+    let Some(n) = last
         .strip_prefix("linear")
         .and_then(|n| n.parse::<usize>().ok())
     else {
@@ -108,7 +110,7 @@ pub fn perplexity(
             .neg()
             .into_data()
             .convert::<f32>()
-            .to_vec()
+            .try_into_vec()
             .expect("f32");
         total += nll.iter().map(|v| *v as f64).sum::<f64>();
     }

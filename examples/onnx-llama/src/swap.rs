@@ -44,12 +44,13 @@ pub fn qlinear_source(generated: &str) -> Result<String, String> {
         }
         let mut line = line.to_string();
         if let (Some(_), Some((field, ty))) = (&current, field_of(trimmed)) {
+            let holds_linears = structs.iter().any(|(s, f)| s == ty && !f.is_empty());
             let holder = structs.last_mut().expect("inside a struct");
             if ty == "Linear" {
                 line = line.replace(": Linear,", ": QLinear,");
                 holder.1.push(field.to_string());
                 linear_fields.push(field.to_string());
-            } else if structs.iter().any(|(s, f)| s == ty && !f.is_empty()) {
+            } else if holds_linears {
                 holder.1.push(field.to_string());
             }
         }
@@ -84,7 +85,9 @@ fn field_of(line: &str) -> Option<(&str, &str)> {
 
 /// `LinearConfig::new(a, b)[.with_bias(x)].init(device)` → `QLinear::init(a, b, x, device)`.
 fn rewrite_constructor(line: &str) -> Result<String, String> {
-    let start = line.find("LinearConfig::new(").expect("checked by the caller");
+    let start = line
+        .find("LinearConfig::new(")
+        .expect("checked by the caller");
     let rest = &line[start + "LinearConfig::new(".len()..];
     let (dims, rest) = rest
         .split_once(')')
@@ -173,7 +176,11 @@ impl Model {
     #[test]
     fn unknown_shapes_are_errors() {
         let odd = GENERATED.replace(".with_bias(false)", ".with_initializer(x)");
-        assert!(qlinear_source(&odd).unwrap_err().contains("only `.with_bias`"));
+        assert!(
+            qlinear_source(&odd)
+                .unwrap_err()
+                .contains("only `.with_bias`")
+        );
         assert!(qlinear_source("pub struct A {}").is_err());
     }
 }
