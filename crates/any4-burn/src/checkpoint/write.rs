@@ -189,10 +189,10 @@ pub(super) fn quantized_tensors(
     q: &Any4Linear,
 ) -> Result<(LayerInfo, Vec<(String, Owned)>)> {
     let m: QuantizedMatrix = q.to_quantized()?;
-    let bias = match &q.bias {
-        Some(b) => Some(b.val().into_data().convert::<f32>().as_bytes().to_vec()),
-        None => None,
-    };
+    let bias = q.bias.as_ref().map(|b| {
+        let data = b.val().into_data().convert::<f32>();
+        data.as_bytes().to_vec()
+    });
     Ok(matrix_tensors(p, &m, bias))
 }
 
