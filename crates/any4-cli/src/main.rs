@@ -25,7 +25,8 @@ use any4_llm::{
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-mod reach;
+mod import;
+mod stream;
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -137,7 +138,7 @@ enum Cmd {
     /// `eval`, `generate` and `quantize` read as a dense model).
     Dequantize(DequantizeArgs),
     /// Import a GPTQ or AWQ int4 checkpoint (HF folder) into an any4 folder, losslessly.
-    Import(reach::ImportArgs),
+    Import(import::ImportArgs),
     /// Generate text from a prompt.
     Generate(GenerateArgs),
     /// Perplexity of a model on a text file (GPTQ protocol: non-overlapping windows).
@@ -185,7 +186,7 @@ struct QuantizeArgs {
     stream: bool,
     /// Memory limit, e.g. 4G: stream when the in-memory pass would need more, and refuse
     /// before reading any weight when even streaming would.
-    #[arg(long, value_parser = reach::parse_bytes)]
+    #[arg(long, value_parser = stream::parse_bytes)]
     max_memory: Option<u64>,
     /// Also quantize the LM head (left dense by default, as in the paper); embeddings stay dense.
     #[arg(long)]
@@ -292,7 +293,7 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     for p in &a.skip {
         cfg = cfg.exclude(p)?;
     }
-    if let Some((report, calib_tokens)) = reach::quantize_streaming(&a, &cfg, device)? {
+    if let Some((report, calib_tokens)) = stream::quantize_streaming(&a, &cfg, device)? {
         let layers = report.layers.len();
         return print_quantized(&a, &report, calib_tokens, layers, true);
     }
@@ -570,7 +571,7 @@ fn run(cli: Cli) -> AnyResult<()> {
     match cli.cmd {
         Cmd::Quantize(a) => removing_new_dir_on_error(&a.out.clone(), || cmd_quantize(a, &device)),
         Cmd::Inspect(a) => cmd_inspect(a),
-        Cmd::Import(a) => reach::cmd_import(a),
+        Cmd::Import(a) => import::cmd_import(a),
         Cmd::Dequantize(a) => {
             removing_new_dir_on_error(&a.out.clone(), || cmd_dequantize(a, &device))
         }

@@ -1,19 +1,15 @@
-//! `any4 quantize --stream` / `--max-memory`, and `any4 import --from gptq|awq`.
+//! `any4 quantize --stream` / `--max-memory`: quantizing models larger than memory.
 //!
 //! Streaming is chosen when asked (`--stream`), or when the model would not fit: its
 //! in-memory estimate is over `--max-memory`, or over the memory the system has available
 //! (`MemAvailable`). It needs an HF safetensors folder (a GGUF file or an any4 folder is read
 //! whole). Both calibrations stream, with the same result as in memory.
 
-use std::path::Path;
-
 use any4_burn::QuantizeConfig;
-use any4_llm::import::{ImportFormat, import_int4};
 use any4_llm::{Calibration, StreamingQuantizer, format_bytes, is_streamable};
 use burn::tensor::Device;
-use clap::Args;
 
-use super::{AnyResult, QuantizeArgs, emit, note};
+use super::{AnyResult, QuantizeArgs, note};
 
 /// `4G`, `4GiB`, `512M`, `4096MiB`, `1T` (binary units) or plain bytes.
 pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -102,60 +98,4 @@ pub(crate) fn quantize_streaming(
     };
     let report = q.run(&a.out, cfg, calibration, &ids, max_memory)?;
     Ok(Some((report, ids.len())))
-}
-
-#[derive(Args)]
-pub(crate) struct ImportArgs {
-    /// Checkpoint layout: gptq (AutoGPTQ/GPTQModel) or awq (AutoAWQ GEMM).
-    #[arg(long = "from", value_parser = super::parse::<ImportFormat>)]
-    from: ImportFormat,
-    /// HF folder of the int4 checkpoint (config.json with quantization_config, safetensors,
-    /// tokenizer.json).
-    #[arg(long)]
-    model: std::path::PathBuf,
-    /// Output any4 folder (written atomically; an existing any4 folder is replaced, any other
-    /// existing folder refused).
-    #[arg(long)]
-    out: std::path::PathBuf,
-    /// Print a one-line JSON summary on stdout.
-    #[arg(long)]
-    json: bool,
-}
-
-pub(crate) fn cmd_import(a: ImportArgs) -> AnyResult<()> {
-    let r = import_int4(&a.model, &a.out, a.from)?;
-    let f16 = r
-        .layers
-        .values()
-        .filter(|c| c.param_dtype() == any4_core::ParamDtype::F16)
-        .count();
-    if a.json {
-        emit(format_args!(
-            "{}",
-            serde_json::json!({"model": a.model, "out": a.out, "from": a.from.to_string(),
-                "layers": r.layers.len(), "weights": r.weights,
-                "bits_per_weight": r.bits_per_weight, "f16_params": f16,
-                "f32_params": r.layers.len() - f16, "dense": r.dense})
-        ))?;
-        return Ok(());
-    }
-    emit(format_args!(
-        "{} {} layers imported losslessly ({:.2} M weights, {:.3} bits/weight; parameters in \
-         f16: {f16}, f32: {}), dense: {}; saved to {}",
-        r.layers.len(),
-        a.from,
-        r.weights as f64 / 1e6,
-        r.bits_per_weight,
-        r.layers.len() - f16,
-        if r.dense.is_empty() {
-            "-".to_string()
-        } else {
-            r.dense.join(", ")
-        },
-        display(&a.out)
-    ))
-}
-
-fn display(p: &Path) -> String {
-    p.display().to_string()
 }
