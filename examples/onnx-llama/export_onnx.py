@@ -8,7 +8,7 @@ graph. Linear layers are `Gemm(x, W, transB=1)` on a 2-D `[seq, hidden]` residua
 reads HF's `[out, in]` weights in place (burn-import turns such a Gemm into `nn::Linear`).
 Attention is ONNX's opset-23 `Attention` op (grouped-query, causal).
 
-    pip install numpy onnx
+    pip install numpy onnx      # the committed file: onnx 1.23.2, numpy 2.4.6
     python export_onnx.py ../../models/tiny-llama model/tiny-llama.onnx
 
 The output must sit next to a copy of `model.safetensors` (external data paths are relative

@@ -74,13 +74,18 @@ pub const AWQ_ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 /// Why a layer cannot be imported, naming the tensor.
 pub type UnpackError = String;
 
-fn words(t: &RawTensor<'_>) -> Result<Vec<u32>, UnpackError> {
+fn check_packed(t: &RawTensor<'_>) -> Result<(), UnpackError> {
     if !matches!(t.dtype, Dtype::I32 | Dtype::U32) {
         return Err(format!(
             "`{}` is {:?}, expected I32 (8 packed 4-bit values per word)",
             t.name, t.dtype
         ));
     }
+    Ok(())
+}
+
+fn words(t: &RawTensor<'_>) -> Result<Vec<u32>, UnpackError> {
+    check_packed(t)?;
     Ok(t.bytes
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -210,7 +215,7 @@ pub fn layer_params(
     let s = floats(&layer.scales)?;
     expect_shape(&layer.scales, &[groups, out], "[groups, out]")?;
     let qz = words(&layer.qzeros)?;
-    words(&layer.qweight)?;
+    check_packed(&layer.qweight)?;
     let group_of: Vec<usize>;
     match format {
         PackedFormat::Gptq { zero_offset } => {
