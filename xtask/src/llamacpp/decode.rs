@@ -30,8 +30,7 @@ pub(super) fn run(o: &Opts, bin: &Path, model: &Path, cx: &mut Context) -> Resul
     );
     let args = ["-m", &m, "-n", &n, "-p", &p, "-t", &threads, "-o", "json"];
     cx.command(format!("{} {}", lb.display(), args.join(" ")));
-    eprintln!("xtask bench llamacpp: llama-bench");
-    cx.note_load();
+    cx.step("llama-bench");
     let out = run_quiet(Command::new(&lb).args(args), "llama-bench")?;
     let tests: Vec<Value> =
         serde_json::from_str(&out).map_err(|e| format!("llama-bench: bad JSON ({e}):\n{out}"))?;
@@ -93,8 +92,7 @@ pub(super) fn run(o: &Opts, bin: &Path, model: &Path, cx: &mut Context) -> Resul
         o.threads,
         args.join(" ")
     ));
-    eprintln!("xtask bench llamacpp: bench decode (quantizes SmolLM2 first)");
-    cx.note_load();
+    cx.step("bench decode (quantizes SmolLM2 first)");
     run_quiet(
         Command::new("cargo")
             .args(args)

@@ -42,7 +42,6 @@ pub(super) fn run(o: &Opts, bin: &Path, cx: &mut Context) -> Result<Vec<Record>>
     let threads = o.threads.to_string();
     let flex_json = std::env::temp_dir().join(format!("any4-llamacpp-{}.json", std::process::id()));
     for rep in 0..o.repeats {
-        eprintln!("xtask bench llamacpp: GEMV round {}/{}", rep + 1, o.repeats);
         for repack in [false, true] {
             let types = if repack {
                 &REPACK_TYPES[..]
@@ -55,7 +54,12 @@ pub(super) fn run(o: &Opts, bin: &Path, cx: &mut Context) -> Result<Vec<Record>>
                 args.push("--repack");
             }
             cx.command(format!("{} {}", tbo.display(), args.join(" ")));
-            cx.note_load();
+            let layout = if repack { " --repack" } else { "" };
+            cx.step(&format!(
+                "GEMV round {}/{}: test-backend-ops{layout}",
+                rep + 1,
+                o.repeats
+            ));
             let out = run_quiet(Command::new(&tbo).args(&args), "test-backend-ops")?;
             let via = if repack {
                 "test-backend-ops --repack"
@@ -71,7 +75,7 @@ pub(super) fn run(o: &Opts, bin: &Path, cx: &mut Context) -> Result<Vec<Record>>
             "in-process: any4_core QuantizedView::matmul_with(x, 1, Int8Activations | Exact) on a {}-thread rayon pool (xtask/src/llamacpp/gemv.rs)",
             o.threads
         ));
-        cx.note_load();
+        cx.step(&format!("GEMV round {}/{}: any4-core", rep + 1, o.repeats));
         for (ty, shape, us) in core_gemv(o.threads)? {
             let dram = exceeds_l3(cx, &ty, shape);
             add(&mut records, "burn-any4", &ty, "any4-core", shape, us, dram);
@@ -96,7 +100,11 @@ pub(super) fn run(o: &Opts, bin: &Path, cx: &mut Context) -> Result<Vec<Record>>
             o.threads,
             args.join(" ")
         ));
-        cx.note_load();
+        cx.step(&format!(
+            "GEMV round {}/{}: Burn Flex (bench kernels)",
+            rep + 1,
+            o.repeats
+        ));
         run_quiet(
             Command::new("cargo")
                 .args(args)

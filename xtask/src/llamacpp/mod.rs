@@ -20,6 +20,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
@@ -158,10 +159,16 @@ struct Context {
     commands: Vec<String>,
     /// 1-minute load averages read before each measurement.
     loads: Vec<f64>,
+    start: Instant,
 }
 
 impl Context {
-    fn note_load(&mut self) {
+    /// Announce a measurement (with the time since the start) and note the load average.
+    fn step(&mut self, what: &str) {
+        eprintln!(
+            "xtask bench llamacpp [{:>4.0} s]: {what}",
+            self.start.elapsed().as_secs_f64()
+        );
         if let Some(l) = fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
@@ -181,6 +188,7 @@ impl Context {
 /// [--out DIR] [--model GGUF]`.
 pub fn bench(args: &[String]) -> Result<()> {
     let o = parse(args)?;
+    let start = Instant::now();
     let cache = PathBuf::from(std::env::var("ANY4_CACHE").unwrap_or_else(|_| ".cache".into()));
     let root = cache.join("llama.cpp");
     let bin = root.join("build/bin");
@@ -229,6 +237,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         date: stdout_of("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
         commands: Vec::new(),
         loads: Vec::new(),
+        start,
     };
     // Build the project's benches first, so no compilation runs between measurements.
     let mut benches = vec!["bench", "-p", "burn-any4", "--no-run"];
@@ -238,7 +247,11 @@ pub fn bench(args: &[String]) -> Result<()> {
     if o.decode {
         benches.extend(["--bench", "decode"]);
     }
-    run_quiet(Command::new("cargo").args(&benches), "cargo bench --no-run")?;
+    eprintln!("xtask bench llamacpp: cargo {}", benches.join(" "));
+    let built = Command::new("cargo").args(&benches).status();
+    if !built.is_ok_and(|s| s.success()) {
+        return Err(format!("`cargo {}` failed", benches.join(" ")));
+    }
 
     let mut records = Vec::new();
     if o.gemv {
