@@ -330,7 +330,13 @@ fn cpu_info() -> (String, String) {
             .and_then(|l| l.split_once(':'))
             .map_or("unknown".to_string(), |(_, v)| v.trim().to_string())
     };
-    (field("model name"), field("flags"))
+    let model = format!(
+        "{} (family {}, model {})",
+        field("model name"),
+        field("cpu family"),
+        field("model")
+    );
+    (model, field("flags"))
 }
 
 /// Size of the last-level (L3) cache, from sysfs (`32768K`).

@@ -55,24 +55,35 @@ pub(super) fn markdown(records: &[Record], o: &Opts, cx: &Context) -> String {
             .map_or("unknown".into(), |b| format!("{} MiB", b >> 20)),
         o.threads
     );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (lo, hi) = cx
+        .loads
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(a, b), &l| (a.min(l), b.max(l)));
     let loads = if cx.loads.is_empty() {
-        "not read".to_string()
+        "was not read".to_string()
     } else {
-        let (lo, hi) = cx
-            .loads
-            .iter()
-            .fold((f64::MAX, 0.0f64), |(a, b), &l| (a.min(l), b.max(l)));
-        format!("{lo:.1}–{hi:.1}")
+        format!("ranged over {lo:.1}–{hi:.1} on {cpus} CPUs")
     };
     let _ = writeln!(
         w,
-        "- The machine was **shared with other jobs** (builds, tests of other agents): the 1-minute \
-        load average read before each measurement ranged over {loads}. Both sides ran back to back and the GEMV \
-        rounds alternate between them; figures are medians of {} rounds (per-round values in the JSON). Spinning \
-        thread pools (llama.cpp's OpenMP, rayon) lose most when a core is taken away, so treat single figures with \
-        care and compare ratios from the same run.\n",
+        "- The 1-minute load average read before each measurement {loads} (this run's own threads count \
+        in it). Both sides ran back to back and the GEMV rounds alternate between them; figures are medians of {} \
+        rounds (per-round values in the JSON).",
         o.repeats
     );
+    // Our own threads keep the load near `cpus` on a quiet machine; more means other jobs.
+    if hi > cpus as f64 + 0.5 {
+        let _ = writeln!(
+            w,
+            "- **The machine was busy with other jobs** (load above the CPU count), so threads often \
+            waited for a core. llama.cpp's threads meet at a spinning barrier after every graph node, so one \
+            descheduled thread stalls each op; rayon's work stealing lets the running thread take over the \
+            other's share. Under such load llama.cpp's figures fall far below its speed on a quiet machine \
+            and the ratios overstate burn-any4: re-run on a quiet machine before comparing."
+        );
+    }
+    let _ = writeln!(w);
     let simd: Vec<&str> = cx
         .flags
         .split_whitespace()
