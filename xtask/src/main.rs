@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             );
             println!("                 end-to-end decode tokens/s, dense vs any4, same run");
             println!(
-                "  bench llamacpp [--threads 2] [--repeats 3] [--only gemv|decode] [--skip-build] [--out DIR] [--model GGUF]"
+                "  bench llamacpp [--threads 2[,1]] [--repeats 3] [--only gemv|decode] [--skip-build] [--out DIR] [--model GGUF]"
             );
             println!(
                 "                 builds llama.cpp (cached in .cache/llama.cpp), runs its GEMV and llama-bench next to ours"

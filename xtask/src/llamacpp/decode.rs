@@ -6,11 +6,17 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::{Context, DECODE_TOKENS, Opts, PREFILL_TOKENS, Record, Result, read, run_quiet};
+use super::{Context, DECODE_TOKENS, PREFILL_TOKENS, Record, Result, read, run_quiet};
 
-pub(super) fn run(o: &Opts, bin: &Path, model: &Path, cx: &mut Context) -> Result<Vec<Record>> {
+pub(super) fn run(
+    threads: usize,
+    bin: &Path,
+    model: &Path,
+    cx: &mut Context,
+) -> Result<Vec<Record>> {
     let record = |side, what, ty: &str, via: &str, tokens, samples, note: Option<&str>| Record {
         side,
+        threads,
         what,
         ty: ty.to_string(),
         via: via.to_string(),
@@ -23,12 +29,12 @@ pub(super) fn run(o: &Opts, bin: &Path, model: &Path, cx: &mut Context) -> Resul
     let mut records = Vec::new();
     let lb = bin.join("llama-bench");
     let m = model.display().to_string();
-    let (threads, n, p) = (
-        o.threads.to_string(),
+    let (t, n, p) = (
+        threads.to_string(),
         DECODE_TOKENS.to_string(),
         PREFILL_TOKENS.to_string(),
     );
-    let args = ["-m", &m, "-n", &n, "-p", &p, "-t", &threads, "-o", "json"];
+    let args = ["-m", &m, "-n", &n, "-p", &p, "-t", &t, "-o", "json"];
     cx.command(format!("{} {}", lb.display(), args.join(" ")));
     cx.step("llama-bench");
     let out = run_quiet(Command::new(&lb).args(args), "llama-bench")?;
@@ -89,7 +95,7 @@ pub(super) fn run(o: &Opts, bin: &Path, model: &Path, cx: &mut Context) -> Resul
     ];
     cx.command(format!(
         "RAYON_NUM_THREADS={} cargo {} FILE",
-        o.threads,
+        threads,
         args.join(" ")
     ));
     cx.step("bench decode (quantizes SmolLM2 first)");
@@ -97,7 +103,7 @@ pub(super) fn run(o: &Opts, bin: &Path, model: &Path, cx: &mut Context) -> Resul
         Command::new("cargo")
             .args(args)
             .arg(&json)
-            .env("RAYON_NUM_THREADS", &threads),
+            .env("RAYON_NUM_THREADS", &t),
         "cargo bench --bench decode",
     )?;
     let rows: Vec<Value> =

@@ -18,7 +18,7 @@ use super::{
 /// `(type, (n, k), µs)` of one GEMV measurement.
 type Gemv = (String, (usize, usize), f64);
 
-pub(super) fn run(o: &Opts, bin: &Path, cx: &mut Context) -> Result<Vec<Record>> {
+pub(super) fn run(o: &Opts, threads: usize, bin: &Path, cx: &mut Context) -> Result<Vec<Record>> {
     let mut records: Vec<Record> = Vec::new();
     let add =
         |records: &mut Vec<Record>, side, ty: &str, via: &str, shape, us: f64, dram| match records
@@ -28,6 +28,7 @@ pub(super) fn run(o: &Opts, bin: &Path, cx: &mut Context) -> Result<Vec<Record>>
             Some(r) => r.samples.push(us),
             None => records.push(Record {
                 side,
+                threads,
                 what: "gemv",
                 ty: ty.to_string(),
                 via: via.to_string(),
@@ -39,7 +40,7 @@ pub(super) fn run(o: &Opts, bin: &Path, cx: &mut Context) -> Result<Vec<Record>>
             }),
         };
     let tbo = bin.join("test-backend-ops");
-    let threads = o.threads.to_string();
+    let t = threads.to_string();
     let flex_json = std::env::temp_dir().join(format!("any4-llamacpp-{}.json", std::process::id()));
     for rep in 0..o.repeats {
         for repack in [false, true] {
@@ -49,7 +50,7 @@ pub(super) fn run(o: &Opts, bin: &Path, cx: &mut Context) -> Result<Vec<Record>>
                 &LLAMA_TYPES[..]
             };
             let spec = format!("{}:{}", types.join(","), shapes_arg());
-            let mut args = vec!["perf", "-b", "CPU", "-t", &threads, "--gemv", &spec];
+            let mut args = vec!["perf", "-b", "CPU", "-t", &t, "--gemv", &spec];
             if repack {
                 args.push("--repack");
             }
@@ -73,10 +74,10 @@ pub(super) fn run(o: &Opts, bin: &Path, cx: &mut Context) -> Result<Vec<Record>>
         }
         cx.command(format!(
             "in-process: any4_core QuantizedView::matmul_with(x, 1, Int8Activations | Exact) on a {}-thread rayon pool (xtask/src/llamacpp/gemv.rs)",
-            o.threads
+            threads
         ));
         cx.step(&format!("GEMV round {}/{}: any4-core", rep + 1, o.repeats));
-        for (ty, shape, us) in core_gemv(o.threads)? {
+        for (ty, shape, us) in core_gemv(threads)? {
             let dram = exceeds_l3(cx, &ty, shape);
             add(&mut records, "burn-any4", &ty, "any4-core", shape, us, dram);
         }
@@ -97,7 +98,7 @@ pub(super) fn run(o: &Opts, bin: &Path, cx: &mut Context) -> Result<Vec<Record>>
         ];
         cx.command(format!(
             "RAYON_NUM_THREADS={} cargo {} FILE",
-            o.threads,
+            threads,
             args.join(" ")
         ));
         cx.step(&format!(
@@ -109,7 +110,7 @@ pub(super) fn run(o: &Opts, bin: &Path, cx: &mut Context) -> Result<Vec<Record>>
             Command::new("cargo")
                 .args(args)
                 .arg(&flex_json)
-                .env("RAYON_NUM_THREADS", &threads),
+                .env("RAYON_NUM_THREADS", &t),
             "cargo bench --bench kernels",
         )?;
         let rows: Vec<Value> = serde_json::from_str(&read(&flex_json)?)

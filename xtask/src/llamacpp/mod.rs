@@ -45,7 +45,8 @@ const PREFILL_TOKENS: usize = 512;
 
 /// Command-line options.
 struct Opts {
-    threads: usize,
+    /// Thread counts, each measured on both sides (`--threads 2` or `--threads 2,1`).
+    threads: Vec<usize>,
     skip_build: bool,
     gemv: bool,
     decode: bool,
@@ -56,7 +57,7 @@ struct Opts {
 
 fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
-        threads: 2,
+        threads: vec![2],
         skip_build: false,
         gemv: true,
         decode: true,
@@ -74,7 +75,12 @@ fn parse(args: &[String]) -> Result<Opts> {
                 .ok_or(format!("{arg}: `{v}` is not a positive number"))
         };
         match arg.as_str() {
-            "--threads" => o.threads = num(val()?)?,
+            "--threads" => {
+                o.threads = val()?
+                    .split(',')
+                    .map(|t| num(&t.to_string()))
+                    .collect::<Result<_>>()?
+            }
             "--repeats" => o.repeats = num(val()?)?,
             "--skip-build" => o.skip_build = true,
             "--out" => o.out = val()?.into(),
@@ -93,6 +99,7 @@ fn parse(args: &[String]) -> Result<Opts> {
 /// One measurement: a row of the JSON list.
 struct Record {
     side: &'static str,
+    threads: usize,
     /// `gemv`, `decode` or `prefill`.
     what: &'static str,
     ty: String,
@@ -114,9 +121,9 @@ impl Record {
         (!self.samples.is_empty()).then(|| median(&self.samples))
     }
 
-    fn to_json(&self, threads: usize, cpu: &str) -> Value {
+    fn to_json(&self, cpu: &str) -> Value {
         let mut v = json!({"side": self.side, "what": self.what, "type": self.ty, "via": self.via,
-            "n": self.shape.map(|s| s.0), "k": self.shape.map(|s| s.1), "threads": threads,
+            "n": self.shape.map(|s| s.0), "k": self.shape.map(|s| s.1), "threads": self.threads,
             "cpu": cpu, "samples": self.samples});
         let key = if self.what == "gemv" {
             "us"
@@ -184,7 +191,7 @@ impl Context {
     }
 }
 
-/// `cargo xtask bench llamacpp [--threads N] [--repeats N] [--skip-build] [--only gemv|decode]
+/// `cargo xtask bench llamacpp [--threads N[,N..]] [--repeats N] [--skip-build] [--only gemv|decode]
 /// [--out DIR] [--model GGUF]`.
 pub fn bench(args: &[String]) -> Result<()> {
     let o = parse(args)?;
@@ -254,16 +261,15 @@ pub fn bench(args: &[String]) -> Result<()> {
     }
 
     let mut records = Vec::new();
-    if o.gemv {
-        records.extend(gemv::run(&o, &bin, &mut cx)?);
+    for &threads in &o.threads {
+        if o.gemv {
+            records.extend(gemv::run(&o, threads, &bin, &mut cx)?);
+        }
+        if o.decode {
+            records.extend(decode::run(threads, &bin, &model, &mut cx)?);
+        }
     }
-    if o.decode {
-        records.extend(decode::run(&o, &bin, &model, &mut cx)?);
-    }
-    let json: Vec<Value> = records
-        .iter()
-        .map(|r| r.to_json(o.threads, &cx.cpu))
-        .collect();
+    let json: Vec<Value> = records.iter().map(|r| r.to_json(&cx.cpu)).collect();
     let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
     let out_json = o.out.join("cpu-vs-llamacpp.json");
     crate::report::write_atomic(&out_json, text.as_bytes())?;
@@ -384,14 +390,24 @@ mod tests {
     #[test]
     fn options() {
         let o = parse(&[]).unwrap();
-        assert_eq!((o.threads, o.repeats, o.gemv, o.decode), (2, 3, true, true));
+        assert_eq!(
+            (o.threads, o.repeats, o.gemv, o.decode),
+            (vec![2], 3, true, true)
+        );
         let o = parse(&args("--threads 4 --only decode --skip-build --out x")).unwrap();
         assert_eq!(
             (o.threads, o.gemv, o.decode, o.skip_build),
-            (4, false, true, true)
+            (vec![4], false, true, true)
         );
         assert_eq!(o.out, std::path::PathBuf::from("x"));
-        for bad in ["--threads 0", "--threads", "--only both", "--fast"] {
+        assert_eq!(parse(&args("--threads 2,1")).unwrap().threads, [2, 1]);
+        for bad in [
+            "--threads 0",
+            "--threads 2,",
+            "--threads",
+            "--only both",
+            "--fast",
+        ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");
         }
     }

@@ -15,7 +15,7 @@ fn fmt_us(us: f64) -> String {
 }
 
 fn find<'a>(
-    records: &'a [Record],
+    records: &[&'a Record],
     via: &str,
     ty: &str,
     shape: (usize, usize),
@@ -23,6 +23,7 @@ fn find<'a>(
     records
         .iter()
         .find(|r| r.via == via && r.ty == ty && r.shape == Some(shape))
+        .copied()
 }
 
 /// A GEMV table cell: the median µs, `*` when the weights fit in L3 (the same weights every call).
@@ -36,6 +37,12 @@ fn cell(r: Option<&Record>) -> String {
 
 pub(super) fn markdown(records: &[Record], o: &Opts, cx: &Context) -> String {
     let mut md = String::new();
+    let threads = o
+        .threads
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let w = &mut md;
     let _ = writeln!(w, "# CPU: burn-any4 vs llama.cpp, side by side\n");
     let _ = writeln!(
@@ -47,13 +54,12 @@ pub(super) fn markdown(records: &[Record], o: &Opts, cx: &Context) -> String {
     );
     let _ = writeln!(
         w,
-        "- CPU: {} ({} logical CPUs, L3 {}); **{} threads on both sides** (llama.cpp `-t`, burn-any4 a \
-        rayon pool / `RAYON_NUM_THREADS`).",
+        "- CPU: {} ({} logical CPUs, L3 {}); **the same thread count on both sides** ({threads}; llama.cpp \
+        `-t`, burn-any4 a rayon pool / `RAYON_NUM_THREADS`).",
         cx.cpu,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cx.l3_bytes
             .map_or("unknown".into(), |b| format!("{} MiB", b >> 20)),
-        o.threads
     );
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (lo, hi) = cx
@@ -117,46 +123,54 @@ pub(super) fn markdown(records: &[Record], o: &Opts, cx: &Context) -> String {
             any4-core is timed the same way); otherwise they stream from DRAM. Burn Flex rows rotate over weight \
             copies (> 128 MiB), so they always read DRAM. The ratio column divides by the faster q4_K figure.\n"
         );
-        let _ = writeln!(
-            w,
-            "| N × K | q4_K | iq4_nl | q4_0 | q8_0 | f16 | f32 | any4-core int8 | any4-core f32 act. | Flex any4 | Flex dense f32 | core int8 ÷ q4_K | Flex any4 ÷ q4_K |"
-        );
-        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-        for shape in SHAPES {
-            let mut row = format!("| {} × {} |", shape.0, shape.1);
-            for ty in LLAMA_TYPES {
-                let plain = cell(find(records, "test-backend-ops", ty, shape));
-                let _ = if REPACK_TYPES.contains(&ty) {
-                    write!(
-                        row,
-                        " {plain} / {} |",
-                        cell(find(records, "test-backend-ops --repack", ty, shape))
-                    )
-                } else {
-                    write!(row, " {plain} |")
-                };
-            }
-            for (via, ty) in [
-                ("any4-core", "any4-int8"),
-                ("any4-core", "any4"),
-                ("burn-flex", "any4"),
-                ("burn-flex", "dense-f32"),
-            ] {
-                let _ = write!(row, " {} |", cell(find(records, via, ty, shape)));
-            }
-            let q4k = ["test-backend-ops", "test-backend-ops --repack"]
+        for &t in &o.threads {
+            let records: Vec<&Record> = records
                 .iter()
-                .filter_map(|via| find(records, via, "q4_K", shape)?.value())
-                .fold(f64::INFINITY, f64::min);
-            for (via, ty) in [("any4-core", "any4-int8"), ("burn-flex", "any4")] {
-                let _ = match find(records, via, ty, shape).and_then(Record::value) {
-                    Some(us) if q4k.is_finite() => write!(row, " {:.2}× |", us / q4k),
-                    _ => write!(row, " — |"),
-                };
+                .filter(|r| r.what == "gemv" && r.threads == t)
+                .collect();
+            let records = &records[..];
+            let _ = writeln!(w, "### {t} thread{}\n", if t == 1 { "" } else { "s" });
+            let _ = writeln!(
+                w,
+                "| N × K | q4_K | iq4_nl | q4_0 | q8_0 | f16 | f32 | any4-core int8 | any4-core f32 act. | Flex any4 | Flex dense f32 | core int8 ÷ q4_K | Flex any4 ÷ q4_K |"
+            );
+            let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            for shape in SHAPES {
+                let mut row = format!("| {} × {} |", shape.0, shape.1);
+                for ty in LLAMA_TYPES {
+                    let plain = cell(find(records, "test-backend-ops", ty, shape));
+                    let _ = if REPACK_TYPES.contains(&ty) {
+                        write!(
+                            row,
+                            " {plain} / {} |",
+                            cell(find(records, "test-backend-ops --repack", ty, shape))
+                        )
+                    } else {
+                        write!(row, " {plain} |")
+                    };
+                }
+                for (via, ty) in [
+                    ("any4-core", "any4-int8"),
+                    ("any4-core", "any4"),
+                    ("burn-flex", "any4"),
+                    ("burn-flex", "dense-f32"),
+                ] {
+                    let _ = write!(row, " {} |", cell(find(records, via, ty, shape)));
+                }
+                let q4k = ["test-backend-ops", "test-backend-ops --repack"]
+                    .iter()
+                    .filter_map(|via| find(records, via, "q4_K", shape)?.value())
+                    .fold(f64::INFINITY, f64::min);
+                for (via, ty) in [("any4-core", "any4-int8"), ("burn-flex", "any4")] {
+                    let _ = match find(records, via, ty, shape).and_then(Record::value) {
+                        Some(us) if q4k.is_finite() => write!(row, " {:.2}× |", us / q4k),
+                        _ => write!(row, " — |"),
+                    };
+                }
+                let _ = writeln!(w, "{row}");
             }
-            let _ = writeln!(w, "{row}");
+            let _ = writeln!(w);
         }
-        let _ = writeln!(w);
     }
 
     if records.iter().any(|r| r.what != "gemv") {
@@ -167,62 +181,70 @@ pub(super) fn markdown(records: &[Record], o: &Opts, cx: &Context) -> String {
             `benches/decode.rs` on the same GGUF on Burn Flex: any4 (group 128, LM head quantized too) and the dense \
             f32 model, median of 5 alternating runs.\n"
         );
-        let _ = writeln!(
-            w,
-            "| | llama.cpp Q4_1 | burn-any4 any4 (`--lm-head`) | burn-any4 dense f32 | any4 ÷ llama.cpp |"
-        );
-        let _ = writeln!(w, "|---|---|---|---|---|");
-        for (what, label) in [
-            ("decode", format!("decode ({DECODE_TOKENS} tokens)")),
-            (
-                "prefill",
-                format!("prefill ({PREFILL_TOKENS}-token prompt for llama.cpp)"),
-            ),
-        ] {
-            let get = |side: &str, ty: Option<&str>| {
-                records
-                    .iter()
-                    .find(|r| r.what == what && r.side == side && ty.is_none_or(|t| r.ty == t))
-            };
-            let fmt = |r: Option<&Record>| match r.and_then(Record::value) {
-                Some(v) => format!("{v:.1}"),
-                None => "not measured".into(),
-            };
-            let (l, a, d) = (
-                get("llama.cpp", None),
-                get("burn-any4", Some("any4")),
-                get("burn-any4", Some("dense-f32")),
-            );
-            let ratio = match (l.and_then(Record::value), a.and_then(Record::value)) {
-                (Some(l), Some(a)) => format!("{:.2}×", a / l),
-                _ => "—".into(),
-            };
+        for &t in &o.threads {
+            let records: Vec<&Record> = records
+                .iter()
+                .filter(|r| r.what != "gemv" && r.threads == t)
+                .collect();
+            let _ = writeln!(w, "### {t} thread{}\n", if t == 1 { "" } else { "s" });
             let _ = writeln!(
                 w,
-                "| {label} | {} | {} | {} | {ratio} |",
-                fmt(l),
-                fmt(a),
-                fmt(d)
+                "| | llama.cpp Q4_1 | burn-any4 any4 (`--lm-head`) | burn-any4 dense f32 | any4 ÷ llama.cpp |"
             );
+            let _ = writeln!(w, "|---|---|---|---|---|");
+            for (what, label) in [
+                ("decode", format!("decode ({DECODE_TOKENS} tokens)")),
+                (
+                    "prefill",
+                    format!("prefill ({PREFILL_TOKENS}-token prompt for llama.cpp)"),
+                ),
+            ] {
+                let get = |side: &str, ty: Option<&str>| {
+                    records
+                        .iter()
+                        .find(|r| r.what == what && r.side == side && ty.is_none_or(|t| r.ty == t))
+                        .copied()
+                };
+                let fmt = |r: Option<&Record>| match r.and_then(Record::value) {
+                    Some(v) => format!("{v:.1}"),
+                    None => "not measured".into(),
+                };
+                let (l, a, d) = (
+                    get("llama.cpp", None),
+                    get("burn-any4", Some("any4")),
+                    get("burn-any4", Some("dense-f32")),
+                );
+                let ratio = match (l.and_then(Record::value), a.and_then(Record::value)) {
+                    (Some(l), Some(a)) => format!("{:.2}×", a / l),
+                    _ => "—".into(),
+                };
+                let _ = writeln!(
+                    w,
+                    "| {label} | {} | {} | {} | {ratio} |",
+                    fmt(l),
+                    fmt(a),
+                    fmt(d)
+                );
+            }
+            if let Some(r) = records
+                .iter()
+                .find(|r| r.what == "prefill" && r.side == "burn-any4" && r.samples.is_empty())
+            {
+                let _ = writeln!(
+                    w,
+                    "\nburn-any4 prefill: {}.",
+                    r.note.as_deref().unwrap_or("not measured")
+                );
+            }
+            let _ = writeln!(w);
         }
-        if let Some(r) = records
-            .iter()
-            .find(|r| r.what == "prefill" && r.side == "burn-any4" && r.samples.is_empty())
-        {
-            let _ = writeln!(
-                w,
-                "\nburn-any4 prefill: {}.",
-                r.note.as_deref().unwrap_or("not measured")
-            );
-        }
-        let _ = writeln!(w);
     }
 
     let _ = writeln!(w, "## Commands\n");
     let _ = writeln!(
         w,
         "`cargo xtask bench llamacpp --threads {} --repeats {}` ran, in this order (FILE: a temporary JSON):\n",
-        o.threads, o.repeats
+        threads, o.repeats
     );
     for c in &cx.commands {
         let _ = writeln!(w, "- `{c}`");
