@@ -119,8 +119,14 @@ pub(super) fn build(root: &Path) -> Result<()> {
         .args(["--target", "test-backend-ops", "llama-bench", "-j"])
         .arg(jobs.to_string());
     steps.push(b);
+    let first = !build_dir.join("bin/llama-bench").exists();
     eprintln!(
-        "xtask bench llamacpp: building llama.cpp (first time: ~8 min on 2 cores; log {})",
+        "xtask bench llamacpp: {} llama.cpp (log {})",
+        if first {
+            "building (~8 min on 2 cores)"
+        } else {
+            "checking the build of"
+        },
         log_path.display()
     );
     for mut step in steps {
