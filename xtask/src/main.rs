@@ -6,6 +6,7 @@ use std::process::{Command, ExitCode};
 
 mod fetch;
 mod gpu;
+mod llamacpp;
 mod make_model;
 mod plot;
 mod report;
@@ -54,6 +55,13 @@ fn main() -> ExitCode {
                 "  bench decode [--backend flex|cpu|wgpu|cuda] [--models PATH,...] [--tokens N] [--repeats N]"
             );
             println!("                 end-to-end decode tokens/s, dense vs any4, same run");
+            println!(
+                "  bench llamacpp [--threads 2[,1]] [--repeats 3] [--only gemv|decode] [--skip-build] [--out DIR] [--model GGUF]"
+            );
+            println!(
+                "                 builds llama.cpp (cached in .cache/llama.cpp), runs its GEMV and llama-bench next to ours"
+            );
+            println!("                 → bench/results/cpu-vs-llamacpp.{{json,md}} (not in CI)");
             println!(
                 "  fetch NAME...  smollm2, ptb, botchan, shakespeare, mistral-tokenizer, llama-vocab, all (into .cache/)"
             );
@@ -125,8 +133,11 @@ fn bench(args: &[String]) -> ExitCode {
             &[],
         ),
         Some(suite @ ("kernels" | "decode")) => bench_backend(suite, &args[1..]),
+        Some("llamacpp") => report_result("bench llamacpp", llamacpp::bench(&args[1..])),
         Some(other) => {
-            eprintln!("xtask bench: unknown suite `{other}` (available: core, kernels, decode)");
+            eprintln!(
+                "xtask bench: unknown suite `{other}` (available: core, kernels, decode, llamacpp)"
+            );
             ExitCode::from(2)
         }
     }
