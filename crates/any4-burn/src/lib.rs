@@ -37,11 +37,14 @@ mod pass;
 mod pattern;
 mod weight;
 
-pub use atomic::{write_atomically, write_file_atomically};
+pub use atomic::{
+    CHECKPOINT_FILES, OutputDir, check_output_dir, write_atomically, write_file_atomically,
+};
 pub use calib::{CALIBRATION_PROMPT, CalibrationStats, Calibrator, ChannelSums, Probe};
 pub use checkpoint::{
-    CHECKPOINT_FORMAT, Checkpoint, CheckpointMeta, LayerInfo, SCHEMA_VERSION, bytes_to_f32,
-    check_finite, save,
+    Any4Header, CHECKPOINT_FORMAT, Checkpoint, CheckpointMeta, LayerInfo, SCHEMA_VERSION,
+    bytes_to_f32, check_finite, checkpoint_tensor_names, is_any4_checkpoint, read_any4_header,
+    save,
 };
 pub use device::{BACKENDS, device_from_name};
 pub use error::{Error, Result};

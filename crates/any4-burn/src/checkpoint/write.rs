@@ -13,7 +13,9 @@ use safetensors::tensor::{Metadata, TensorInfo};
 
 use super::codec::{Owned, param_bytes};
 use super::walk::Collector;
-use super::{CHECKPOINT_FORMAT, CheckpointMeta, LayerInfo, MAX_HEADER_BYTES, SCHEMA_VERSION, bad};
+use super::{
+    CHECKPOINT_FORMAT, CheckpointMeta, LayerInfo, MAX_HEADER_BYTES, SCHEMA_VERSION, bad, table_kind,
+};
 use crate::atomic::{Sink, write_atomically};
 use crate::error::{Error, Result};
 use crate::linear::{Any4Linear, QLinear, QLinearContainer};
@@ -199,12 +201,7 @@ fn quantized_tensors(p: &str, q: &Any4Linear) -> Result<(LayerInfo, Vec<(String,
     let info = LayerInfo {
         config: *m.config(),
         shape: m.shape(),
-        table: if m.table_rows() == 1 {
-            "shared"
-        } else {
-            "per-row"
-        }
-        .to_string(),
+        table: table_kind(m.config().format()).to_string(),
         bias: q.bias.is_some(),
     };
     Ok((info, out))

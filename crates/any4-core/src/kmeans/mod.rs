@@ -1,4 +1,4 @@
-//! Weighted 1-D k-means: the table learner of anyN (ANY4.md §2).
+//! Weighted 1-D k-means: the table learner of anyN (docs/METHOD.md §2).
 //!
 //! Points are one row's scaled weights; each has a sample weight (`|x̄_j| · s` with calibration
 //! statistics, 1 without). In one dimension the points can be **sorted once**: every cluster is
