@@ -334,12 +334,12 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     let out = a.output.check(&inputs)?;
     let t = Instant::now();
     let (mut model, tokenizer) = load_checked(&a.model, device)?;
+    check_something_to_quantize(&a.model, &mut model, &cfg)?;
     note(format_args!(
         "loaded {} in {:.1}s",
         a.model.display(),
         t.elapsed().as_secs_f64()
     ));
-    check_something_to_quantize(&a.model, &mut model, &cfg)?;
     let text = match &a.calib_file {
         Some(f) => read_text(f)?,
         None => CALIBRATION_PROMPT.to_string(),

@@ -242,7 +242,7 @@ fn killed_quantize_leaves_the_old_or_the_new_folder_whole() {
             .filter(|n| n.starts_with(".out."))
             .collect()
     };
-    // (wait for a temporary folder first?, then wait this long); None = let it finish.
+    // (wait for the child to start writing first?, then wait this long); None = let it finish.
     // A kill at once (before any write: the old folder must stay), one during loading or
     // calibration, two while the folder is being written, and a run to the end.
     let plan = [
@@ -260,9 +260,15 @@ fn killed_quantize_leaves_the_old_or_the_new_folder_whole() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // This child's temporary folder; earlier kills left their own.
-        let tag = format!(".out.{}.", child.id());
-        let writing = || temporaries().iter().any(|t| t.starts_with(&tag));
+        // This child's temporary folder beside `out` (or, were it writing in place, its
+        // temporary files inside `out`); earlier kills left their own.
+        let (tag, file_tag) = (format!(".out.{}.", child.id()), format!(".{}.", child.id()));
+        let writing = || {
+            temporaries().iter().any(|t| t.starts_with(&tag))
+                || names(&dir)
+                    .iter()
+                    .any(|t| t.contains(&file_tag) && t.ends_with(".tmp"))
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
         if wait_for_tmp {
             while !writing() && child.try_wait().unwrap().is_none() {
