@@ -5,7 +5,7 @@
 //! then a contiguous run of sorted values, so with prefix sums of `w`, `w·x`, `w·x²` a Lloyd
 //! iteration costs `O(k log n)` (binary searches at the midpoints between centroids) instead of
 //! `O(n k)`, and the globally optimal partition can be found by dynamic programming
-//! ([`Solver::Exact`](crate::Solver::Exact)).
+//! ([`Solver::Exact`]).
 
 mod exact;
 mod init;
