@@ -32,23 +32,24 @@ mod checkpoint;
 mod device;
 mod error;
 mod extension;
-mod folder;
 mod linear;
 mod mapper;
 mod pass;
 mod pattern;
 mod weight;
 
-pub use atomic::{write_atomically, write_file_atomically};
+pub use atomic::{
+    CHECKPOINT_FILES, OutputDir, check_output_dir, write_atomically, write_file_atomically,
+};
 pub use calib::{CALIBRATION_PROMPT, CalibrationStats, Calibrator, ChannelSums, Probe};
 pub use checkpoint::{
-    CHECKPOINT_FORMAT, Checkpoint, CheckpointMeta, CheckpointWriter, LayerInfo, PlannedTensor,
-    SCHEMA_VERSION, bytes_to_f32, check_finite, save, write_checkpoint_streaming,
+    Any4Header, CHECKPOINT_FORMAT, Checkpoint, CheckpointMeta, CheckpointWriter, LayerInfo,
+    PlannedTensor, SCHEMA_VERSION, bytes_to_f32, check_finite, checkpoint_tensor_names,
+    is_any4_checkpoint, read_any4_header, save, write_checkpoint_streaming,
 };
 pub use device::{BACKENDS, device_from_name};
 pub use error::{Error, Result};
 pub use extension::{Any4Backend, Any4WeightPrimitive};
-pub use folder::{is_any4_checkpoint, write_folder_atomically};
 pub use linear::{
     Any4Linear, CalibratingLinear, QLinear, QLinearContainer, join_path, qlinear_paths,
     transposed_contiguous,

@@ -821,8 +821,9 @@ fn check_gradient(dev: &Device) {
 }
 
 /// Whether Burn itself can round-trip f32 → `dtype` → f32 on `dev`. The CubeCL CPU runtime built
-/// against the LLVM 22 shim (BUILD.md) reports bf16 support but cannot JIT Burn's own f32 → bf16
-/// cast (`__truncsfbf2` is missing), so that case is skipped as a platform limit, not an any4 one.
+/// against the LLVM 22 shim (docs/BUILD.md) reports bf16 support but cannot JIT Burn's own
+/// f32 → bf16 cast (`__truncsfbf2` is missing), so that case is skipped as a platform limit, not
+/// an any4 one.
 fn casts_exactly(dev: &Device, dtype: burn::tensor::FloatDType) -> bool {
     let v = vec![1.5f32, -2.0, 0.25, 96.0];
     let t = Tensor::<1>::from_data(TensorData::new(v.clone(), [4]), dev);

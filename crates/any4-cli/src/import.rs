@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use any4_llm::import::{ImportFormat, import_int4};
 use clap::Args;
 
-use super::{AnyResult, emit};
+use super::{AnyResult, OutputArgs, emit};
 
 #[derive(Args)]
 pub(crate) struct ImportArgs {
@@ -16,17 +16,16 @@ pub(crate) struct ImportArgs {
     /// tokenizer.json).
     #[arg(long)]
     model: PathBuf,
-    /// Output any4 folder (written atomically; an existing any4 folder is replaced, any other
-    /// existing folder refused).
-    #[arg(long)]
-    out: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Print a one-line JSON summary on stdout.
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn cmd_import(a: ImportArgs) -> AnyResult<()> {
-    let r = import_int4(&a.model, &a.out, a.from)?;
+    let out = a.output.check(&[&a.model])?;
+    let r = import_int4(&a.model, &out, a.from)?;
     let f16 = r
         .layers
         .values()
@@ -35,7 +34,7 @@ pub(crate) fn cmd_import(a: ImportArgs) -> AnyResult<()> {
     if a.json {
         emit(format_args!(
             "{}",
-            serde_json::json!({"model": a.model, "out": a.out, "from": a.from.to_string(),
+            serde_json::json!({"model": a.model, "out": a.output.out, "from": a.from.to_string(),
                 "layers": r.layers.len(), "weights": r.weights,
                 "bits_per_weight": r.bits_per_weight, "f16_params": f16,
                 "f32_params": r.layers.len() - f16, "dense": r.dense})
@@ -55,6 +54,6 @@ pub(crate) fn cmd_import(a: ImportArgs) -> AnyResult<()> {
         } else {
             r.dense.join(", ")
         },
-        a.out.display()
+        a.output.out.display()
     ))
 }

@@ -5,7 +5,7 @@
 //! (`MemAvailable`). It needs an HF safetensors folder (a GGUF file or an any4 folder is read
 //! whole). Both calibrations stream, with the same result as in memory.
 
-use any4_burn::QuantizeConfig;
+use any4_burn::{OutputDir, QuantizeConfig};
 use any4_llm::{Calibration, StreamingQuantizer, format_bytes, is_streamable};
 use burn::tensor::Device;
 
@@ -49,6 +49,7 @@ fn mem_available() -> Option<u64> {
 pub(crate) fn quantize_streaming(
     a: &QuantizeArgs,
     cfg: &QuantizeConfig,
+    out: &OutputDir,
     device: &Device,
 ) -> AnyResult<Option<(any4_burn::Report, usize)>> {
     let max_memory = a.max_memory;
@@ -96,6 +97,6 @@ pub(crate) fn quantize_streaming(
     } else {
         Calibration::OneShot
     };
-    let report = q.run(&a.out, cfg, calibration, &ids, max_memory)?;
+    let report = q.run(out, cfg, calibration, &ids, max_memory)?;
     Ok(Some((report, ids.len())))
 }

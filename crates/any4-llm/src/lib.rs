@@ -44,7 +44,7 @@ mod rope;
 mod stream;
 mod tokenizer;
 
-pub use auto::{is_gguf, load_auto, save_any4};
+pub use auto::{is_gguf, load_auto, save_any4, save_any4_to};
 pub use config::{
     Architecture, LlamaConfig, MoeConfig, RopeConfig, RopeScaling, RopeScalingConfig, TokenIds,
 };

@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use any4_burn::{
-    CalibrationStats, Calibrator, CheckpointMeta, CheckpointWriter, LayerInfo, PlannedTensor,
-    QLinear, QLinearContainer, QuantizeConfig, Report, join_path, quantize_model,
-    write_checkpoint_streaming, write_file_atomically, write_folder_atomically,
+    CalibrationStats, Calibrator, CheckpointMeta, CheckpointWriter, LayerInfo, OutputDir,
+    PlannedTensor, QLinear, QLinearContainer, QuantizeConfig, Report, join_path, quantize_model,
+    write_checkpoint_streaming, write_file_atomically,
 };
 use burn::module::{Param, ParamId};
 use burn::nn::RmsNorm;
@@ -190,13 +190,14 @@ impl StreamingQuantizer {
         }
     }
 
-    /// Quantize the model into the any4 folder `out` (written atomically; an existing any4
-    /// folder there is replaced, anything else refused), calibrating on the token ids `ids`.
+    /// Quantize the model into the any4 folder `out` (checked by [`any4_burn::check_output_dir`]
+    /// with the model among the inputs; written whole or not at all), calibrating on the token
+    /// ids `ids`.
     /// With `max_memory`, refuses before reading any weight when the [`MemoryEstimate`] peak
     /// is larger.
     pub fn run(
         &self,
-        out: &Path,
+        out: &OutputDir,
         cfg: &QuantizeConfig,
         calibration: Calibration,
         ids: &[u32],
@@ -233,7 +234,7 @@ impl StreamingQuantizer {
         }
         let (tensors, meta) = self.plan(cfg);
         let mut report = Report::default();
-        write_folder_atomically(out, |tmp| -> Result<()> {
+        out.write(|tmp| -> Result<()> {
             write_model_files(tmp, &self.config, &self.tokenizer, &meta)?;
             write_checkpoint_streaming(&tmp.join("model.safetensors"), tensors, meta, |w| {
                 self.fill(w, cfg, calibration, ids, &mut report)

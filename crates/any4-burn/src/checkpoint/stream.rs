@@ -104,12 +104,10 @@ impl LayerInfo {
     /// What a layer of `shape` (`[out, in]`) quantized with `config` is recorded as; the same
     /// value [`save`](super::save) records after quantizing it.
     pub fn planned(config: Any4Config, shape: [usize; 2], bias: bool) -> Self {
-        // One table per row for learned formats; a one-row layer's table is also one row.
-        let shared = !config.format().is_learned() || shape[0] == 1;
         LayerInfo {
             config,
             shape,
-            table: if shared { "shared" } else { "per-row" }.to_string(),
+            table: super::table_kind(config.format()).to_string(),
             bias,
         }
     }

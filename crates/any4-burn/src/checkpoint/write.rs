@@ -13,7 +13,7 @@ use safetensors::tensor::{Metadata, TensorInfo};
 
 use super::codec::{Owned, param_bytes};
 use super::walk::Collector;
-use super::{CHECKPOINT_FORMAT, CheckpointMeta, LayerInfo, MAX_HEADER_BYTES, bad};
+use super::{CHECKPOINT_FORMAT, CheckpointMeta, LayerInfo, MAX_HEADER_BYTES, bad, table_kind};
 use crate::atomic::{Sink, write_atomically};
 use crate::error::{Error, Result};
 use crate::linear::{Any4Linear, QLinear, QLinearContainer};
@@ -242,12 +242,7 @@ pub(super) fn matrix_tensors(
     let info = LayerInfo {
         config: *m.config(),
         shape: m.shape(),
-        table: if m.table_rows() == 1 {
-            "shared"
-        } else {
-            "per-row"
-        }
-        .to_string(),
+        table: table_kind(m.config().format()).to_string(),
         bias: has_bias,
     };
     (info, out)

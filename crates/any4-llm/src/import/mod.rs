@@ -18,9 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 
-use any4_burn::{
-    CheckpointMeta, PlannedTensor, write_checkpoint_streaming, write_folder_atomically,
-};
+use any4_burn::{CheckpointMeta, OutputDir, PlannedTensor, write_checkpoint_streaming};
 use safetensors::Dtype;
 
 use crate::config::LlamaConfig;
@@ -233,9 +231,9 @@ fn packed<'a>(
 }
 
 /// Import the GPTQ or AWQ checkpoint folder `dir` into the any4 folder `out` (see the module
-/// docs). `out` is written atomically; an existing any4 folder there is replaced, anything else
-/// refused.
-pub fn import_int4(dir: &Path, out: &Path, format: ImportFormat) -> Result<ImportReport> {
+/// docs). `out`, checked by [`any4_burn::check_output_dir`] (with `dir` among the inputs), is
+/// written whole or not at all.
+pub fn import_int4(dir: &Path, out: &OutputDir, format: ImportFormat) -> Result<ImportReport> {
     let settings = settings(dir, format)?;
     let config = LlamaConfig::from_file(dir.join("config.json"))?;
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"), &config)?;
@@ -280,7 +278,7 @@ pub fn import_int4(dir: &Path, out: &Path, format: ImportFormat) -> Result<Impor
         )));
     }
     check_no_stray_bias(&source, &config, &meta)?;
-    write_folder_atomically(out, |tmp| -> Result<()> {
+    out.write(|tmp| -> Result<()> {
         write_model_files(tmp, &config, &tokenizer, &meta)?;
         let layers = meta.layers.clone();
         write_checkpoint_streaming(

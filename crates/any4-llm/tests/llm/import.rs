@@ -2,6 +2,7 @@
 //! `make_fixtures.py`) bit for bit, whole-model import, and the refusals.
 
 use crate::common::*;
+use any4_burn::check_output_dir;
 use any4_llm::import::{
     ImportFormat, PackedFormat, PackedLayer, RawTensor, import_int4, unpack_layer,
 };
@@ -244,7 +245,12 @@ fn whole_gptq_and_awq_models_import_and_run() {
         let src = fixtures().join(name);
         let out = TempDir::new(&format!("import-{name}"));
         let target = out.0.join("any4");
-        let report = import_int4(&src, &target, format).unwrap();
+        let report = import_int4(
+            &src,
+            &check_output_dir(&target, &[&src], false).unwrap(),
+            format,
+        )
+        .unwrap();
         assert_eq!(report.layers.len(), 7, "{name}");
         assert_eq!(report.dense, vec!["lm_head".to_string()], "{name}");
         let (mut model, _) = load_auto(&target, &device()).unwrap();
@@ -271,7 +277,12 @@ fn whole_gptq_and_awq_models_import_and_run() {
         let logits = to_vec(model.forward_all(token_tensor(&[0, 5, 9, 33], &device())));
         assert!(logits.iter().all(|v| v.is_finite()), "{name}");
         // Importing again over the first output replaces it.
-        import_int4(&src, &target, format).unwrap();
+        import_int4(
+            &src,
+            &check_output_dir(&target, &[&src], false).unwrap(),
+            format,
+        )
+        .unwrap();
     }
 }
 
@@ -288,9 +299,8 @@ fn unsupported_checkpoints_are_refused_naming_what() {
         d
     };
     let err = |dir: &Path, format| {
-        import_int4(dir, &out.0.join("never"), format)
-            .unwrap_err()
-            .to_string()
+        let never = check_output_dir(&out.0.join("never"), &[dir], false).unwrap();
+        import_int4(dir, &never, format).unwrap_err().to_string()
     };
     // The wrong --from.
     let e = err(&src, ImportFormat::Awq);

@@ -95,7 +95,9 @@ fn streaming_writes_the_in_memory_checkpoint_byte_for_byte() {
         let (memory, stream) = (out.0.join("memory"), out.0.join("stream"));
         let expected = in_memory(&model.0, &memory, &cfg, calibration, &ids);
         let q = StreamingQuantizer::open(&model.0, &device()).unwrap();
-        let report = q.run(&stream, &cfg, calibration, &ids, None).unwrap();
+        let report = q
+            .run(&out_dir(&stream), &cfg, calibration, &ids, None)
+            .unwrap();
         let what = format!("{name} {calibration:?} lm_head={lm_head}");
         assert_same_folder(&memory, &stream, &what);
         assert_eq!(report.layers.len(), expected.layers.len(), "{what}");
@@ -123,7 +125,7 @@ fn tied_and_sharded_models_stream_identically() {
     let (memory, stream) = (out.0.join("memory"), out.0.join("stream"));
     in_memory(&src, &memory, &cfg, Calibration::Sequential, &ids);
     let q = StreamingQuantizer::open(&src, &device()).unwrap();
-    q.run(&stream, &cfg, Calibration::Sequential, &ids, None)
+    q.run(&out_dir(&stream), &cfg, Calibration::Sequential, &ids, None)
         .unwrap();
     assert_same_folder(&memory, &stream, "tiny-llama");
 
@@ -168,7 +170,7 @@ fn tied_and_sharded_models_stream_identically() {
     for (dir, to) in [(&src, &single), (&sharded.0, &from_shards)] {
         StreamingQuantizer::open(dir, &device())
             .unwrap()
-            .run(to, &cfg, Calibration::OneShot, &ids, None)
+            .run(&out_dir(to), &cfg, Calibration::OneShot, &ids, None)
             .unwrap();
     }
     assert_same_folder(&single, &from_shards, "sharded tiny-llama");
@@ -187,7 +189,7 @@ fn max_memory_refuses_early_and_failures_leave_nothing() {
     let target = out.0.join("q");
     let err = q
         .run(
-            &target,
+            &out_dir(&target),
             &cfg,
             Calibration::OneShot,
             &ids,
@@ -198,8 +200,14 @@ fn max_memory_refuses_early_and_failures_leave_nothing() {
     assert!(err.contains("over --max-memory"), "{err}");
     assert!(!target.exists());
     // Within the limit it runs.
-    q.run(&target, &cfg, Calibration::OneShot, &ids, Some(est.peak()))
-        .unwrap();
+    q.run(
+        &out_dir(&target),
+        &cfg,
+        Calibration::OneShot,
+        &ids,
+        Some(est.peak()),
+    )
+    .unwrap();
     assert!(target.join("model.safetensors").is_file());
 
     // A NaN in the second block fails the pass after the first block was written: no folder,
@@ -219,7 +227,7 @@ fn max_memory_refuses_early_and_failures_leave_nothing() {
     std::fs::write(&file, damaged).unwrap();
     let err = StreamingQuantizer::open(&bad.0, &device())
         .unwrap()
-        .run(&target, &cfg, Calibration::Sequential, &ids, None)
+        .run(&out_dir(&target), &cfg, Calibration::Sequential, &ids, None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("layers.1.mlp.up_proj"), "{err}");
@@ -229,4 +237,9 @@ fn max_memory_refuses_early_and_failures_leave_nothing() {
     );
     let left: Vec<_> = std::fs::read_dir(&out.0).unwrap().flatten().collect();
     assert_eq!(left.len(), 1, "only the earlier output remains: {left:?}");
+}
+
+/// A checked output folder at `path` (no inputs to protect in these tests).
+fn out_dir(path: &std::path::Path) -> any4_burn::OutputDir {
+    any4_burn::check_output_dir(path, &[], false).unwrap()
 }
