@@ -31,6 +31,10 @@ mod checkpoint;
 #[cfg(feature = "cube")]
 mod cube;
 mod error;
+// Moves into src/extension/mod.rs with the rename of src/weight.rs.
+#[cfg(feature = "cube")]
+#[path = "extension/fusion.rs"]
+mod fusion;
 mod linear;
 mod pass;
 mod pattern;
