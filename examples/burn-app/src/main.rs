@@ -21,7 +21,9 @@ use std::path::PathBuf;
 
 use any4_llm::{GenerateConfig, generate, load_pretrained, token_tensor};
 use burn::tensor::{Device, Tensor};
-use burn_any4::burn::{CALIBRATION_PROMPT, QuantizeConfig, quantize, route};
+use burn_any4::burn::{
+    CALIBRATION_PROMPT, QuantizeConfig, device_from_name, quantize_model, route,
+};
 
 struct Args {
     backend: String,
@@ -51,18 +53,6 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
     Ok(a)
 }
 
-fn device(name: &str) -> Result<Device, Box<dyn Error>> {
-    match name {
-        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
-        #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
-        other => Err(format!(
-            "backend `{other}` is not compiled in (wgpu; cuda with --features cuda)"
-        )
-        .into()),
-    }
-}
-
 /// models/tiny-llama, from this crate's folder or from the repository root (the workspace
 /// example builds this file with the root as its manifest directory).
 fn tiny_llama() -> PathBuf {
@@ -77,7 +67,7 @@ fn tiny_llama() -> PathBuf {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let args = parse_args()?;
-    let device = device(&args.backend)?;
+    let device = device_from_name(&args.backend)?;
     println!("backend: {}", std::any::type_name::<burn::backend::Cube>());
     println!("route: {:?}", route(&device));
 
@@ -86,7 +76,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         &tok.encode(CALIBRATION_PROMPT, true)?,
         &device,
     ));
-    let (model, report) = quantize(model, &QuantizeConfig::default(), Some(&stats))?;
+    let (model, report) = quantize_model(model, &QuantizeConfig::default(), Some(&stats))?;
     println!(
         "quantized: {} layers, {:.3} bits/weight",
         report.layers.len(),

@@ -7,7 +7,7 @@
 //! needs its result. Each any4 op is registered as one opaque custom operation
 //! ([`OperationIr::Custom`], id `any4_matmul` / `any4_dequantize`) whose execution takes the
 //! inner backend's tensors out of the fused stream's handle table and calls the inner impl
-//! (`<CubeBackend as Any4Backend>`, src/extension/cube.rs). Everything that impl does — casts,
+//! (`<CubeBackend as Any4Backend>`, [`cube`](super::cube)). Everything that impl does — casts,
 //! table expansion, activation quantization, the kernel launch — happens inside that one
 //! operation, so fusion never materializes an intermediate of its own; fusion ends the fused
 //! element-wise block before it (its input must exist) and starts a new one after.
@@ -32,7 +32,8 @@ use burn_fusion::custom::{CustomOpIr, HandleContainer, OperationIr, TensorId, Te
 use burn_fusion::stream::{Operation, StreamId};
 use burn_fusion::{ExecutionError, Fusion, FusionBackend, FusionRuntime, FusionTensor};
 
-use crate::weight::{Any4Backend, Any4Weight, CpuMatmul};
+use super::{Any4Backend, Any4WeightPrimitive};
+use crate::weight::CpuMatmul;
 
 /// A tensor primitive of `Fusion<B>`.
 type Fused<B> = FusionTensor<<B as FusionBackend>::FusionRuntime>;
@@ -77,7 +78,7 @@ fn dims2<R: FusionRuntime>(t: &FusionTensor<R>, op: &str, what: &str) -> [usize;
 /// Checks the weight's tensors against `w.shape` / `w.group`, their dtypes, and that they all
 /// live on `device`; returns the table's dtype (what `any4_dequantize` returns).
 fn check_weight<B: FusionBackend>(
-    w: &Any4Weight<Fusion<B>>,
+    w: &Any4WeightPrimitive<Fusion<B>>,
     device: &B::Device,
     op: &str,
 ) -> DType {
@@ -143,7 +144,10 @@ struct WeightIr {
 
 impl WeightIr {
     /// Hands the weight's tensors to the stream (appending them to the op's inputs, in order).
-    fn record<B: FusionBackend>(w: Any4Weight<Fusion<B>>, inputs: &mut Vec<TensorIr>) -> Self {
+    fn record<B: FusionBackend>(
+        w: Any4WeightPrimitive<Fusion<B>>,
+        inputs: &mut Vec<TensorIr>,
+    ) -> Self {
         let mut input = |t: Fused<B>| {
             let ir = t.into_ir();
             inputs.push(ir.clone());
@@ -161,8 +165,8 @@ impl WeightIr {
     }
 
     /// The inner backend's weight, taken from the handle table at execution.
-    fn resolve<B: FusionBackend>(&self, handles: &mut Handles<B>) -> Any4Weight<B> {
-        Any4Weight {
+    fn resolve<B: FusionBackend>(&self, handles: &mut Handles<B>) -> Any4WeightPrimitive<B> {
+        Any4WeightPrimitive {
             codes: handles.get_int_tensor::<B>(&self.codes),
             table: handles.get_float_tensor::<B>(&self.table),
             scales: handles.get_float_tensor::<B>(&self.scales),
@@ -224,7 +228,7 @@ fn register<R: FusionRuntime>(
 }
 
 impl<B: FusionBackend + Any4Backend> Any4Backend for Fusion<B> {
-    fn any4_matmul(x: Fused<B>, w: Any4Weight<Self>) -> Fused<B> {
+    fn any4_matmul(x: Fused<B>, w: Any4WeightPrimitive<Self>) -> Fused<B> {
         const OP: &str = "any4 matmul";
         let [rows, cols] = w.shape;
         let [m, k] = dims2(&x, OP, "activation");
@@ -254,7 +258,7 @@ impl<B: FusionBackend + Any4Backend> Any4Backend for Fusion<B> {
         register(&client, "any4_matmul", inputs, output, op)
     }
 
-    fn any4_dequantize(w: Any4Weight<Self>) -> Fused<B> {
+    fn any4_dequantize(w: Any4WeightPrimitive<Self>) -> Fused<B> {
         const OP: &str = "any4 dequantize";
         let client = w.codes.client.clone();
         let dtype = check_weight::<B>(&w, client.device(), OP);
