@@ -20,7 +20,7 @@ use std::error::Error;
 use std::path::PathBuf;
 
 use any4_llm::{GenerateConfig, generate, load_pretrained, token_tensor};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use burn_any4::burn::{
     CALIBRATION_PROMPT, QuantizeConfig, device_from_name, quantize_model, route,
 };
@@ -90,7 +90,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .slice([0..1, n - 1..n, 0..vocab])
         .into_data()
         .convert::<f32>()
-        .into_vec::<f32>()?;
+        .try_into_vec::<f32>()?;
     let sum: f64 = last.iter().map(|&v| f64::from(v)).sum();
     println!("logits: sum {sum:.9e}, first {:?}", &last[..4]);
 
