@@ -1,16 +1,20 @@
 //! Autoregressive generation with a KV cache: greedy, or temperature + top-p sampling.
 //!
 //! The prompt is prefilled in one batched forward; each further token costs one single-token
-//! forward. Sampling runs on the host over the last position's logits with a seeded
-//! [`SplitMix64`], so a seed reproduces a generation exactly on one backend.
+//! forward. The next token is chosen on the device from the last position's logits and fed
+//! straight into the next forward; only its id is read back (one small readback per token, no
+//! upload). Sampling draws its uniform number on the host from a seeded [`SplitMix64`], so a
+//! seed reproduces a generation exactly on one backend. [`sample`] is the same choice on host
+//! logits.
 
 use std::time::Instant;
 
 use any4_core::rng::SplitMix64;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::{Llama, token_tensor};
+use crate::timing::{Op, span};
 
 /// How the next token is chosen from the logits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,17 +73,46 @@ pub struct Generation {
     pub tokens_per_second: f64,
 }
 
-/// Logits of the last position of `logits: [1, t, vocab]`, on the host, f32.
-fn last_logits(logits: Tensor<3>) -> Result<Vec<f32>> {
-    let [_, t, v] = logits.dims();
-    logits
-        .narrow(1, t - 1, 1)
-        .reshape([v])
-        .cast(DType::F32)
+/// The next token `[batch, 1]` chosen on the device from `logits: [batch, vocab]`.
+///
+/// Greedy: `argmax`. Top-p, as [`sample`] does on the host: sort the tempered logits in
+/// descending order, `pₖ = exp(lₖ − l₀)`, cumulative `cₖ = Σ_{j≤k} pⱼ`; token `k` is in the
+/// nucleus iff the mass before it is below `top_p` (`cₖ − pₖ < top_p·c_last`); with
+/// `r = u · Σ_{nucleus} pₖ` (`u` uniform from `rng`), the choice is the first `k` with `cₖ > r`,
+/// i.e. the number of `cₖ ≤ r`, capped to the nucleus.
+pub fn sample_on_device(
+    logits: Tensor<2>,
+    sampling: Sampling,
+    rng: &mut SplitMix64,
+) -> Tensor<2, Int> {
+    let (temperature, top_p) = match sampling {
+        Sampling::Greedy => return logits.argmax(1),
+        Sampling::TopP { temperature, top_p } => (temperature, top_p),
+    };
+    let [_, vocab] = logits.dims();
+    let x = logits.cast(DType::F32).div_scalar(temperature);
+    let (sorted, ids) = x.sort_descending_with_indices(1);
+    let p = (sorted.clone() - sorted.narrow(1, 0, 1)).exp();
+    let c = p.clone().cumsum(1);
+    let total = c.clone().narrow(1, vocab - 1, 1);
+    let kept = (c.clone() - p.clone()).lower(total.mul_scalar(top_p));
+    let nucleus = p.mask_fill(kept.clone().bool_not(), 0.0).sum_dim(1);
+    let r = nucleus.mul_scalar(rng.next_f64());
+    let k = c.lower_equal(r).int().sum_dim(1);
+    let last = kept.int().sum_dim(1).sub_scalar(1);
+    ids.gather(1, k.min_pair(last))
+}
+
+/// The id of `token: [1, 1]`, read back from the device.
+fn read_id(token: Tensor<2, Int>) -> Result<u32> {
+    let v = token
         .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| Error::Data(format!("logits: {e:?}")))
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .map_err(|e| Error::Data(format!("token id: {e:?}")))?;
+    v.first()
+        .map(|&id| id as u32)
+        .ok_or_else(|| Error::Data("token id: empty".into()))
 }
 
 /// Choose the next token from `logits` according to `sampling`.
@@ -151,7 +184,7 @@ pub fn generate(
     }
     let device = model.device();
     let mut rng = SplitMix64::new(cfg.seed);
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache_with_capacity(prompt.len() + cfg.max_new_tokens);
     let mut out = Generation {
         tokens: Vec::with_capacity(cfg.max_new_tokens),
         prompt_tokens: prompt.len(),
@@ -163,9 +196,15 @@ pub fn generate(
     if cfg.max_new_tokens == 0 {
         return Ok(out);
     }
+    let choose = |logits: Tensor<2>, rng: &mut SplitMix64| -> Result<(Tensor<2, Int>, u32)> {
+        let _t = span(Op::Sample);
+        let token = sample_on_device(logits, cfg.sampling, rng);
+        let id = read_id(token.clone())?;
+        Ok((token, id))
+    };
     let start = Instant::now();
-    let logits = model.forward(token_tensor(prompt, &device), &mut cache);
-    let mut next = sample(&last_logits(logits)?, cfg.sampling, &mut rng);
+    let logits = model.forward_last(token_tensor(prompt, &device), &mut cache);
+    let (mut token, mut next) = choose(logits, &mut rng)?;
     out.prefill_seconds = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
     loop {
@@ -178,8 +217,8 @@ pub fn generate(
         if out.tokens.len() >= cfg.max_new_tokens {
             break;
         }
-        let logits = model.forward(token_tensor(&[next], &device), &mut cache);
-        next = sample(&last_logits(logits)?, cfg.sampling, &mut rng);
+        let logits = model.forward_last(token, &mut cache);
+        (token, next) = choose(logits, &mut rng)?;
     }
     out.decode_seconds = decode_start.elapsed().as_secs_f64();
     let decoded = out.tokens.len().saturating_sub(1);
@@ -217,5 +256,36 @@ mod tests {
         }
         assert!(seen[1] > 100 && seen[3] > 100, "{seen:?}");
         assert_eq!(seen[0] + seen[2] + seen[4], 0, "{seen:?}");
+    }
+
+    /// The device sampler makes the host sampler's choice for the same uniform draws.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn device_sampling_matches_host_sampling() {
+        use burn::tensor::{Device, TensorData};
+        let device = Device::flex();
+        let mut r = SplitMix64::new(3);
+        let logits: Vec<f32> = (0..50).map(|_| r.next_gaussian() as f32).collect();
+        let on_device = |s: Sampling, rng: &mut SplitMix64| {
+            let t = Tensor::<2>::from_data(TensorData::new(logits.clone(), [1, 50]), &device);
+            read_id(sample_on_device(t, s, rng)).unwrap()
+        };
+        let (mut a, mut b) = (SplitMix64::new(9), SplitMix64::new(9));
+        assert_eq!(
+            on_device(Sampling::Greedy, &mut a),
+            sample(&logits, Sampling::Greedy, &mut b)
+        );
+        for (temperature, top_p) in [(1.0, 0.9), (0.7, 0.5), (2.0, 1.0), (1.0, 1e-6)] {
+            let s = Sampling::TopP { temperature, top_p };
+            let mut distinct = std::collections::BTreeSet::new();
+            for _ in 0..100 {
+                let (d, h) = (on_device(s, &mut a), sample(&logits, s, &mut b));
+                assert_eq!(d, h, "temperature {temperature}, top_p {top_p}");
+                distinct.insert(d);
+            }
+            if top_p > 0.1 {
+                assert!(distinct.len() > 2, "sampling, not argmax: {distinct:?}");
+            }
+        }
     }
 }
