@@ -22,15 +22,14 @@
 //! host kernels off (every op as Burn tensor ops, the route other backends take).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use any4_burn::{CALIBRATION_PROMPT, QuantizeConfig, device_from_name, quantize_model};
 use any4_core::rng::SplitMix64;
 use any4_core::{Any4Config, Format};
 use any4_llm::{
-    GenerateConfig, Llama, LlamaConfig, RandomWeights, generate, load_auto, sample_on_device,
-    timing, token_tensor,
+    GenerateConfig, Llama, LlamaConfig, RandomWeights, generate, load_auto, timing, token_tensor,
 };
 use burn::tensor::{DType, Device};
 use clap::Parser;
@@ -135,7 +134,7 @@ fn any4_config() -> Any4Config {
     Any4Config::new(Format::Any4)
 }
 
-fn from_file(path: &PathBuf, args: &Args, device: &Device) -> Result<Subject, String> {
+fn from_file(path: &Path, args: &Args, device: &Device) -> Result<Subject, String> {
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let (dense, tok) = load_auto(path, device).map_err(|e| err(&e))?;
     let (mut qmodel, _) = load_auto(path, device).map_err(|e| err(&e))?;
@@ -253,8 +252,7 @@ fn prefill(model: &Llama, args: &Args) -> f64 {
     let mut cache = model.new_cache_with_capacity(args.prefill + 1);
     let start = Instant::now();
     let logits = model.forward_last(token_tensor(&ids, &device), &mut cache);
-    let token = sample_on_device(logits, any4_llm::Sampling::Greedy, &mut SplitMix64::new(0));
-    let _ = token.into_data();
+    let _ = logits.argmax(1).into_data();
     args.prefill as f64 / start.elapsed().as_secs_f64()
 }
 
@@ -290,14 +288,16 @@ fn measure(s: &Subject, args: &Args, out: &mut Vec<Record>) -> Result<(), String
     }
     let mut dec = vec![Vec::new(); models.len()];
     let mut pre = vec![Vec::new(); models.len()];
-    let mut breakdown = vec![Vec::new(); models.len()];
+    let mut dec_ops = vec![Vec::new(); models.len()];
+    let mut pre_ops = vec![Vec::new(); models.len()];
     for _ in 0..args.repeats {
         for (i, (_, m)) in models.iter().enumerate() {
             timing::take();
             dec[i].push(decode(m, args)?);
-            breakdown[i].push(timing::take());
+            dec_ops[i].push(timing::take());
             if args.prefill > 0 {
                 pre[i].push(prefill(m, args));
+                pre_ops[i].push(timing::take());
             }
         }
     }
@@ -318,19 +318,31 @@ fn measure(s: &Subject, args: &Args, out: &mut Vec<Record>) -> Result<(), String
             push("prefill", &pre[i]);
         }
         if args.breakdown {
-            print_breakdown(&s.name, w, &breakdown[i], args);
+            let what = format!("decode ({} tokens after {})", args.tokens, args.prompt);
+            print_breakdown(&s.name, w, &what, &dec_ops[i], args.tokens + 1);
+            if args.prefill > 0 {
+                let what = format!("prefill of {}", args.prefill);
+                print_breakdown(&s.name, w, &what, &pre_ops[i], args.prefill);
+            }
         }
     }
     Ok(())
 }
 
-/// Per-token time of each op during decode: the prompt's forward is in the totals too, so
-/// the figures are per generated token including a share of the prefill (small at 32 tokens).
-fn print_breakdown(model: &str, weights: &str, runs: &[Vec<(timing::Op, f64, u64)>], args: &Args) {
-    let per_token = (args.tokens + 1) as f64 * runs.len() as f64;
+/// Time per token of each op over `runs`, each of `tokens` tokens. For decode the prompt's
+/// forward is in the totals too: the figures are per generated token including a share of the
+/// prompt (small at 32 tokens).
+fn print_breakdown(
+    model: &str,
+    weights: &str,
+    what: &str,
+    runs: &[Vec<(timing::Op, f64, u64)>],
+    tokens: usize,
+) {
+    let per_token = tokens as f64 * runs.len() as f64;
     let mut total = 0.0;
     eprintln!(
-        "{model} {weights}: time per decoded token by op (µs; {} runs)",
+        "{model} {weights}, {what}: time per token by op (µs; {} runs)",
         runs.len()
     );
     for op in timing::Op::ALL {
@@ -471,7 +483,7 @@ fn table(args: &Args, device: &Device, records: &[Record]) -> String {
 }
 
 fn write_json(
-    path: &PathBuf,
+    path: &Path,
     args: &Args,
     device: &Device,
     records: &[Record],

@@ -16,6 +16,29 @@ use burn::tensor::{DType, Tensor};
 
 use crate::attention::AttnDims;
 
+/// `fn $name(args) -> ret` calling `$inline(args)`, compiled for AVX2+FMA when the CPU has them:
+/// the crate targets baseline x86-64, where these loops would vectorise only 4 wide. `$inline`
+/// is `#[inline(always)]`, so its body (and what it inlines) takes the variant's features.
+macro_rules! simd_variants {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $inline:ident) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $inline($($arg),*)
+                }
+                // SAFETY: both features were detected just above.
+                return unsafe { avx2($($arg),*) };
+            }
+            $inline($($arg),*)
+        }
+    };
+}
+
 /// Whether `t` can take the host path: f32 on a plain Flex device.
 pub(crate) fn eligible<const D: usize>(t: &Tensor<D>) -> bool {
     use burn::backend::DispatchDevice;
@@ -111,12 +134,67 @@ pub fn rope(x: &mut [f32], t: usize, heads: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// `g ← silu(g) ⊙ u` with `silu(x) = x·σ(x)`, `σ(x) = 1 / (1 + e^{−x})`.
-pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+simd_variants! {
+    /// `g ← silu(g) ⊙ u` with `silu(x) = x·σ(x)`, `σ(x) = 1 / (1 + e^{−x})` ([`exp`]).
+    pub fn silu_mul(g: &mut [f32], u: &[f32]) = silu_mul_inline
+}
+
+#[inline(always)]
+fn silu_mul_inline(g: &mut [f32], u: &[f32]) {
     for (g, &u) in g.iter_mut().zip(u) {
         let x = *g;
-        *g = x * (1.0 / (1.0 + (-x).exp())) * u;
+        *g = x * (1.0 / (1.0 + exp(-x))) * u;
     }
+}
+
+simd_variants! {
+    /// `x ← exp(x − max)` over `x`; returns `Σ x` afterwards (softmax numerators and their sum).
+    fn exp_shifted(x: &mut [f32], max: f32) -> f32 = exp_shifted_inline
+}
+
+#[inline(always)]
+fn exp_shifted_inline(x: &mut [f32], max: f32) -> f32 {
+    for v in x.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `eˣ` in f32 arithmetic that vectorises (libm's `expf` is a call per element, which made it
+/// the largest cost of prefill's softmax and SiLU).
+///
+/// `x = n·ln2 + r` with `n = round(x·log₂e)` and `|r| ≤ ln2/2` (`ln2` split in a high part exact
+/// in f32 and a low correction); `eʳ` by its degree-7 Taylor polynomial (remainder
+/// `r⁸/8! < 3·10⁻⁹` relative); `2ⁿ` assembled in the exponent bits. Inputs are clamped to
+/// `[−87.3, 88.3]`, where `eˣ` and `2ⁿ` are normal f32s (below, the result is ≈ 1.2·10⁻³⁸
+/// instead of a subnormal or 0; above, ≈ 2·10³⁸ instead of up to `f32::MAX` or ∞: softmax
+/// only takes `x ≤ 0`, SiLU's `1/(1 + e⁻ˣ)` is then 0 either way). Within 2 ulp of the
+/// correctly rounded value (tested).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5·2²³: adding and subtracting it rounds to the nearest integer in f32.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// `x ← x + y`.
@@ -244,12 +322,10 @@ impl KvHead<'_> {
             return;
         }
         let scale = 1.0 / (self.hd as f32).sqrt();
-        let scores: Vec<f32> = slots.clone().map(|j| dot(q, self.key(j)) * scale).collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0f32;
-        for (j, s) in slots.zip(&scores) {
-            let p = (s - max).exp();
-            sum += p;
+        let mut p: Vec<f32> = slots.clone().map(|j| dot(q, self.key(j)) * scale).collect();
+        let max = p.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let sum = exp_shifted_inline(&mut p, max);
+        for (j, &p) in slots.zip(&p) {
             axpy(p, self.value(j), out);
         }
         let inv = 1.0 / sum;
@@ -322,12 +398,7 @@ impl KvHead<'_> {
                 let max = row[a..b].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 row[..a].fill(0.0);
                 row[b..].fill(0.0);
-                let mut sum = 0f32;
-                for x in &mut row[a..b] {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                sums[r] = sum;
+                sums[r] = exp_shifted(&mut row[a..b], max);
             }
             // SAFETY: O is m × hd, P m × n (row stride n), V n × hd from slots lo..hi.
             unsafe {
@@ -363,21 +434,13 @@ impl KvHead<'_> {
     }
 }
 
-/// [`KvHead::attend_one_inline`] compiled for AVX2+FMA when the CPU has them (decode's
-/// attention is mostly these dot products; the crate is built for baseline x86-64).
-fn attend_one(kv: &KvHead<'_>, q: &[f32], slots: std::ops::Range<usize>, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        /// # Safety
-        /// The CPU must support AVX2 and FMA (checked by the caller).
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(kv: &KvHead<'_>, q: &[f32], s: std::ops::Range<usize>, out: &mut [f32]) {
-            kv.attend_one_inline(q, s, out)
-        }
-        // SAFETY: both features were detected just above.
-        unsafe { avx2(kv, q, slots, out) };
-        return;
-    }
+simd_variants! {
+    /// [`KvHead::attend_one_inline`] (decode's attention is mostly its dot products).
+    fn attend_one(kv: &KvHead<'_>, q: &[f32], slots: std::ops::Range<usize>, out: &mut [f32]) = attend_one_call
+}
+
+#[inline(always)]
+fn attend_one_call(kv: &KvHead<'_>, q: &[f32], slots: std::ops::Range<usize>, out: &mut [f32]) {
     kv.attend_one_inline(q, slots, out)
 }
 
@@ -405,5 +468,29 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y += a * x;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`exp`] against f64 `exp` over the whole clamped range and around 0.
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.3 {
+            for v in [x, x * 1e-3] {
+                let want = (v as f64).exp();
+                let ulp = (want as f32).abs() * f32::EPSILON;
+                worst = worst.max((exp(v) as f64 - want).abs() / ulp as f64);
+            }
+            x += 0.0137;
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NEG_INFINITY) < 1.3e-38 && exp(f32::NEG_INFINITY) > 0.0);
+        assert!(exp(100.0).is_finite());
     }
 }

@@ -55,7 +55,7 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use eval::{Dataset, Perplexity, PerplexityConfig, perplexity, perplexity_of_ids};
-pub use generate::{GenerateConfig, Generation, Sampling, generate, sample, sample_on_device};
+pub use generate::{GenerateConfig, Generation, Sampling, generate, sample};
 pub use gguf::{GgufSource, load_gguf};
 pub use kv_cache::{KvCache, LayerCache};
 pub use layers::{Attention, DecoderLayer, Mlp};
