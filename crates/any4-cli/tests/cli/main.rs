@@ -731,7 +731,7 @@ fn import_gptq_then_inspect_and_eval() {
         "--out",
         busy.to_str().unwrap(),
     ]);
-    assert_one_line_error(&o, "not an any4 model folder");
+    assert_one_line_error(&o, "is not an any4 checkpoint folder");
     assert!(busy.join("notes.txt").is_file());
     std::fs::remove_dir_all(&root).unwrap();
 }
