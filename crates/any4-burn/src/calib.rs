@@ -1,5 +1,6 @@
-//! Calibration: the per-input-channel mean `x̄` of every linear layer's input (ANY4.md §3),
-//! and, for error feedback and activation-aware scales, the Gram matrix `H = XᵀX` of each input.
+//! Calibration: the per-input-channel mean `x̄` of every linear layer's input
+//! (docs/METHOD.md §3), and, for error feedback and activation-aware scales, the Gram matrix
+//! `H = XᵀX` of each input.
 //!
 //! A [`Calibrator`] is an explicit object (no globals): `attach` switches the chosen dense
 //! layers of a model into the `Calibrating` state, each sharing a [`Probe`] with the calibrator;

@@ -215,7 +215,7 @@ impl Gram {
         h
     }
 
-    /// The signed per-channel mean `x̄` (the first-order statistic of ANY4.md §3); zeros before
+    /// The signed per-channel mean `x̄` (the first-order statistic of docs/METHOD.md §3); zeros before
     /// any token.
     pub fn mean(&self) -> Vec<f32> {
         let n = self.tokens.max(1) as f64;
