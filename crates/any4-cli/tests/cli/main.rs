@@ -1,7 +1,8 @@
 //! The `any4` binary end to end on the embedded tiny Llama: quantize → inspect → generate → eval,
-//! the one-line errors users see for bad input, and (`output`) the rules that keep a command
-//! from destroying the user's files.
+//! the one-line errors users see for bad input, (`output`) the rules that keep a command
+//! from destroying the user's files, and (`methods`) error feedback with activation-aware scales.
 
+mod methods;
 mod output;
 
 use std::path::{Path, PathBuf};
