@@ -34,7 +34,7 @@ mod view;
 
 pub use config::{Any4Config, Format, GroupSize, Init, KMeansConfig, ParamDtype, Scaling, Solver};
 pub use error::{Any4Error, Result};
-pub use int8::MatmulPrecision;
+pub use int8::{Int8Kernel, Int8Table, Int8Tables, MatmulPrecision, int8_table, int8_tables};
 pub use matmul::dense_matmul;
 pub use quantize::{QuantizedMatrix, Reconstruction, TABLE_LEN, quantize};
 pub use view::QuantizedView;

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Any4Error, Result};
-use crate::int8::{BLOCK, MatmulPrecision, Q8Activations, quantize_activations};
+use crate::int8::{Int8Kernel, MatmulPrecision};
 use crate::simd::Isa;
 use crate::view::QuantizedView;
 
@@ -18,7 +18,7 @@ use crate::view::QuantizedView;
 const ROWS_PER_TASK: usize = 16;
 /// Below this many multiply-adds a call runs on the calling thread: waking the pool costs more
 /// than the work (the embedded tiny model's 128 × 128 layers at batch 1).
-const PARALLEL_MIN_MACS: usize = 1 << 16;
+pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 16;
 
 /// `f(task, chunk)` over `chunk`-sized pieces of `out`, on the rayon pool when `macs` is large.
 fn for_each_task<F>(out: &mut [f32], chunk: usize, macs: usize, f: F)
@@ -40,8 +40,14 @@ impl QuantizedView<'_> {
     }
 
     /// [`matmul`](Self::matmul) with a choice of activation precision (see
-    /// [`MatmulPrecision`]); `Int8Activations` is the fast decode path.
+    /// [`MatmulPrecision`]); `Int8Activations` is the fast decode path, on the CPU's fastest
+    /// [`Int8Kernel`] (the f32 path without one).
     pub fn matmul_with(&self, x: &[f32], m: usize, precision: MatmulPrecision) -> Result<Vec<f32>> {
+        if precision == MatmulPrecision::Int8Activations
+            && let Some(kernel) = Int8Kernel::best()
+        {
+            return self.matmul_int8(x, m, kernel);
+        }
         let (n, k) = (self.rows(), self.cols());
         check_activations(x, m, k)?;
         if m == 0 || n == 0 {
@@ -54,54 +60,16 @@ impl QuantizedView<'_> {
             .chunks(k)
             .flat_map(|xm| xm.chunks(group).map(|c| c.iter().sum::<f32>()))
             .collect();
-        let q8 = match (precision, isa) {
-            #[cfg(target_arch = "x86_64")]
-            (MatmulPrecision::Int8Activations, Isa::Avx2) => Some(quantize_activations(x, m, k)),
-            _ => None,
-        };
         // Output transposed ([n, m]) so each task owns contiguous memory; M = 1 needs no transpose.
         let mut yt = vec![0.0f32; n * m];
         for_each_task(&mut yt, ROWS_PER_TASK * m, n * k * m, |(task, out)| {
-            let mut decoded = vec![0.0f32; if m > 1 && q8.is_none() { group } else { 0 }];
+            let mut decoded = vec![0.0f32; if m > 1 { group } else { 0 }];
             for (r, y) in out.chunks_mut(m).enumerate() {
                 let row = task * ROWS_PER_TASK + r;
-                match &q8 {
-                    Some(q) => self.row_times_q8(row, q, x, &xsum, y),
-                    None => self.row_times(isa, row, x, &xsum, y, &mut decoded),
-                }
+                self.row_times(isa, row, x, &xsum, y, &mut decoded);
             }
         });
         Ok(transpose(yt, n, m))
-    }
-
-    /// Int8 path of [`row_times`](Self::row_times): full blocks of 32 through the integer
-    /// kernel, the centred table's `mid` folded into the zero term, the tail (`cols mod 32`) in f32.
-    #[cfg(target_arch = "x86_64")]
-    fn row_times_q8(&self, row: usize, q: &Q8Activations, x: &[f32], xsum: &[f32], y: &mut [f32]) {
-        let (k, group, groups) = (self.cols(), self.group_len(), self.groups());
-        let table = self.row_table(row);
-        // SAFETY: the int8 path runs only after AVX2 and FMA were detected (`matmul_with`).
-        let t8 = unsafe { crate::int8::avx2::quantize_table(table) };
-        let (scales, zeros) = (self.row_scales(row), self.row_zeros(row));
-        let words = self.row_codes(row);
-        let full = q.blocks * BLOCK;
-        for (i, yi) in y.iter_mut().enumerate() {
-            // SAFETY: as for the table above.
-            let mut acc = unsafe { self.row_q8(row, &t8, q, i) };
-            for g in 0..groups {
-                acc += (zeros[g] + scales[g] * t8.mid) * xsum[i * groups + g];
-            }
-            for j in full..k {
-                let c = crate::pack::code(words, j) as usize;
-                acc += scales[j / group] * (table[c] - t8.mid) * x[i * k + j];
-            }
-            *yi = acc;
-        }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    fn row_times_q8(&self, _: usize, _: &Q8Activations, _: &[f32], _: &[f32], _: &mut [f32]) {
-        unreachable!("the int8 path is only selected on x86-64 with AVX2")
     }
 
     /// `y[i] = Σ_j x[i, j] · w[row, j]` for every activation row `i`.
@@ -235,7 +203,7 @@ pub fn dense_matmul(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Resul
 }
 
 /// `x` must be `[m, k]`.
-fn check_activations(x: &[f32], m: usize, k: usize) -> Result<()> {
+pub(crate) fn check_activations(x: &[f32], m: usize, k: usize) -> Result<()> {
     if x.len() == m * k {
         return Ok(());
     }
