@@ -10,7 +10,7 @@
 use any4_core::rng::SplitMix64;
 use any4_core::{
     Any4Config, Format, GroupSize, Int8Kernel, Int8Tables, MatmulPrecision, QuantizedMatrix,
-    QuantizedView, Solver, dense_matmul, int8_tables, quantize,
+    QuantizedView, Solver, dense_matmul, int8_tables, quantize_matrix,
 };
 use divan::Bencher;
 
@@ -49,7 +49,7 @@ fn quantize_4096x4096(bencher: Bencher, which: &str) {
         "any4-exact" => Any4Config::new(Format::Any4).with_solver(Solver::Exact),
         other => Any4Config::new(other.parse().expect("format name")),
     };
-    bencher.bench(|| quantize(&w, [K4096, K4096], Some(&s), &cfg).expect("quantize"));
+    bencher.bench(|| quantize_matrix(&w, [K4096, K4096], Some(&s), &cfg).expect("quantize"));
 }
 
 /// Enough copies of `bytes_each` to exceed 128 MB (4× this machine's L3).
@@ -71,7 +71,7 @@ fn shape(i: usize) -> Shapes {
 
 fn quantized(n: usize, k: usize) -> QuantizedMatrix {
     let w = student_t(n, k, 2);
-    quantize(&w, [n, k], None, &Any4Config::new(Format::Int4)).expect("quantize")
+    quantize_matrix(&w, [n, k], None, &Any4Config::new(Format::Int4)).expect("quantize")
 }
 
 /// Batch-1 matmul, any4 layout (an int4 table costs the same as a learned one: same kernel).

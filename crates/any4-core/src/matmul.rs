@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::error::{Any4Error, Result};
+use crate::error::{Error, Result};
 use crate::int8::{Int8Kernel, MatmulPrecision};
 use crate::simd::Isa;
 use crate::view::QuantizedView;
@@ -180,7 +180,7 @@ pub fn dense_matmul(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Resul
         ("weights [n, k]", n * k, w.len()),
     ] {
         if expected != got {
-            return Err(Any4Error::ShapeMismatch {
+            return Err(Error::ShapeMismatch {
                 what,
                 expected,
                 got,
@@ -207,7 +207,7 @@ pub(crate) fn check_activations(x: &[f32], m: usize, k: usize) -> Result<()> {
     if x.len() == m * k {
         return Ok(());
     }
-    Err(Any4Error::ShapeMismatch {
+    Err(Error::ShapeMismatch {
         what: "activations [m, cols]",
         expected: m * k,
         got: x.len(),

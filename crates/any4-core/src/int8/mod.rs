@@ -40,7 +40,7 @@ mod portable;
 
 pub use driver::Int8Kernel;
 
-use crate::error::{Any4Error, Result};
+use crate::error::{Error, Result};
 use crate::quantize::TABLE_LEN;
 
 /// Activation block length of the int8 path.
@@ -138,7 +138,7 @@ pub struct Int8Tables {
 /// Errors if the length is not a positive multiple of 16.
 pub fn int8_tables(table: &[f32]) -> Result<Int8Tables> {
     if table.is_empty() || !table.len().is_multiple_of(TABLE_LEN) {
-        return Err(Any4Error::ShapeMismatch {
+        return Err(Error::ShapeMismatch {
             what: "table [table_rows, 16]",
             expected: table.len().div_ceil(TABLE_LEN).max(1) * TABLE_LEN,
             got: table.len(),
