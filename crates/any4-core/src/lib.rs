@@ -27,6 +27,7 @@ pub mod kmeans;
 pub mod levels;
 mod matmul;
 pub mod pack;
+mod panel;
 mod quantize;
 pub mod rng;
 mod simd;

@@ -107,16 +107,34 @@ impl QuantizedView<'_> {
     }
 }
 
-/// Rows of `W` per task of [`QuantizedView::matmul_panels`].
-const PANEL_ROWS: usize = 32;
-/// Columns of `W` dequantized at a time: a `32 × 512` f32 panel (64 KB) stays in L2.
+/// Most rows of `W` per task of [`QuantizedView::matmul_panels`] (fewer when that would leave
+/// threads idle): with `PANEL_K` columns, a `128 × 512` f32 panel (256 KB) stays in L2.
+const PANEL_ROWS: usize = 128;
+/// Fewest rows per task.
+const PANEL_ROWS_MIN: usize = 32;
+/// Columns of `W` dequantized at a time.
 const PANEL_K: usize = 512;
+
+/// The output pointer shared by the panel tasks, which write disjoint columns.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: tasks write disjoint column ranges `r0 .. r0 + rows` of `y`.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The pointer (a method, so closures capture the `Send + Sync` wrapper, not the field).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
 
 impl QuantizedView<'_> {
     /// `y = x · Wᵀ` for batches (prefill, perplexity, batched decode above ~8 rows): each task
-    /// dequantizes a `PANEL_ROWS × PANEL_K` panel of `W` into a cache-resident f32 buffer and
-    /// multiplies it with a register-blocked GEMM micro-kernel (the `gemm` crate, as Flex's dense
-    /// matmul uses), accumulating over K. Reads 4-bit weights once per call and never writes the
+    /// dequantizes a panel of up to `PANEL_ROWS × PANEL_K` of `W` into a cache-resident f32
+    /// buffer and multiplies it with a register-blocked micro-kernel ([`crate::panel`]: our
+    /// AVX-512 one, elsewhere the `gemm` crate's, as Flex's dense matmul uses), accumulating over
+    /// K straight into its columns of `y`. Reads 4-bit weights once per call and never writes the
     /// dense matrix out, where the lookup path re-reads every activation row per weight row and
     /// a full dequantization writes and re-reads `rows × cols` f32.
     ///
@@ -124,51 +142,52 @@ impl QuantizedView<'_> {
     pub fn matmul_panels(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let (n, k) = (self.rows(), self.cols());
         check_activations(x, m, k)?;
-        if m == 0 || n == 0 {
-            return Ok(vec![0.0; m * n]);
+        let mut y = vec![0.0f32; m * n];
+        if m == 0 {
+            return Ok(y);
         }
         let isa = Isa::detect();
-        // Transposed output ([n, m]): each task owns a contiguous block of rows of W.
-        let mut yt = vec![0.0f32; n * m];
-        for_each_task(&mut yt, PANEL_ROWS * m, n * k * m, |(task, out)| {
-            let (r0, rows) = (task * PANEL_ROWS, out.len() / m);
+        // At least two tasks per thread when the matrix allows, multiples of 16 rows.
+        let per_thread = n.div_ceil(2 * rayon::current_num_threads());
+        let panel_rows = per_thread
+            .next_multiple_of(16)
+            .clamp(PANEL_ROWS_MIN, PANEL_ROWS);
+        let out = Out(y.as_mut_ptr());
+        let task = |task: usize| {
+            let r0 = task * panel_rows;
+            let rows = panel_rows.min(n - r0);
             let mut panel = vec![0.0f32; rows * PANEL_K.min(k)];
             for k0 in (0..k).step_by(PANEL_K) {
                 let kc = PANEL_K.min(k - k0);
                 for r in 0..rows {
                     self.dequantize_range_with(isa, r0 + r, k0, &mut panel[r * kc..][..kc]);
                 }
-                // out[r·m + i] (+)= Σ_j x[i, k0 + j] · panel[r, j]: dst (i, r) has row stride
-                // 1 and column stride m; lhs x (i, j) strides (k, 1); rhs panelᵀ (j, r)
-                // strides (1, kc).
-                // SAFETY: every index stays in bounds: x[i·k + k0 + j] with i < m, j < kc,
-                // k0 + kc ≤ k; panel[r·kc + j] with r < rows; out[r·m + i].
+                // SAFETY: `out` is `[m, n]`; this task alone writes columns r0 .. r0 + rows.
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        rows,
-                        kc,
-                        out.as_mut_ptr(),
-                        m as isize,
-                        1,
-                        k0 > 0,
-                        x.as_ptr().add(k0),
-                        1,
-                        k as isize,
-                        panel.as_ptr(),
-                        kc as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                    crate::panel::panel_times(
+                        crate::panel::Operands {
+                            x,
+                            m,
+                            k,
+                            k0,
+                            panel: &panel[..rows * kc],
+                            rows,
+                            kc,
+                        },
+                        out.ptr(),
+                        n,
+                        r0,
+                    )
+                };
             }
-        });
-        Ok(transpose(yt, n, m))
+        };
+        let tasks = n.div_ceil(panel_rows);
+        if n * k * m >= PARALLEL_MIN_MACS {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+        Ok(y)
     }
 }
 

@@ -171,7 +171,7 @@ impl<'a> QuantizedView<'a> {
         self.dequantize_row_with(Isa::detect(), row, out)
     }
 
-    /// Per group: SIMD table lookup of the codes, then one vectorisable `v · s + z` pass.
+    /// Per group: SIMD table lookup of the codes and `v · s + z`.
     fn dequantize_row_with(&self, isa: Isa, row: usize, out: &mut [f32]) {
         assert_eq!(out.len(), self.cols, "dequantize_row: output length");
         let (table, words) = (self.row_table(row), self.row_codes(row));
@@ -180,15 +180,13 @@ impl<'a> QuantizedView<'a> {
         for (g, chunk) in out.chunks_mut(group).enumerate() {
             // Supported group sizes are multiples of 8, so every group starts on a word.
             let start = g * group;
-            isa.lut_decode(
+            isa.lut_decode_affine(
                 &words[start / 8..(start + chunk.len()).div_ceil(8)],
                 table,
+                s[g],
+                z[g],
                 chunk,
             );
-            let (sg, zg) = (s[g], z[g]);
-            for v in chunk.iter_mut() {
-                *v = *v * sg + zg;
-            }
         }
     }
 
@@ -208,11 +206,7 @@ impl<'a> QuantizedView<'a> {
             let g = j / group;
             let stop = ((g + 1) * group).min(end);
             let chunk = &mut out[j - k0..stop - k0];
-            isa.lut_decode(&words[j / 8..stop.div_ceil(8)], table, chunk);
-            let (sg, zg) = (s[g], z[g]);
-            for v in chunk.iter_mut() {
-                *v = *v * sg + zg;
-            }
+            isa.lut_decode_affine(&words[j / 8..stop.div_ceil(8)], table, s[g], z[g], chunk);
             j = stop;
         }
     }

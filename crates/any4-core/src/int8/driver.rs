@@ -190,6 +190,13 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// The pointer (a method, so closures capture the `Send + Sync` wrapper, not the field).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Rows per rayon task (at least; rayon splits the rest adaptively).
 const ROWS_PER_TASK: usize = 16;
 
@@ -219,9 +226,8 @@ impl QuantizedView<'_> {
         let acts = &*acts;
         let out = Out(y.as_mut_ptr());
         let write = move |row: usize, i: usize, v: f32| {
-            let out = out;
             // SAFETY: i < m, row < n: in bounds; only the task owning `row` writes column `row`.
-            unsafe { *out.0.add(i * n + row) = v }
+            unsafe { *out.ptr().add(i * n + row) = v }
         };
         let parallel = n * k * m >= PARALLEL_MIN_MACS;
         if kernel.pairs_rows() {

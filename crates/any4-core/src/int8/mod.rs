@@ -276,14 +276,14 @@ mod tests {
             let (lo, hi) = t
                 .iter()
                 .fold((t[0], t[0]), |(a, b), &v| (a.min(v), b.max(v)));
-            for c in 0..16 {
-                let back = t8.mid + t8.scale * t8.q[c] as f32;
+            for (c, (&tc, &qc)) in t.iter().zip(&t8.q).enumerate() {
+                let back = t8.mid + t8.scale * qc as f32;
                 let tol = if t8.scale > 0.0 {
                     t8.scale * 0.5 + 1e-6 * (lo.abs() + hi.abs())
                 } else {
                     hi - lo
                 };
-                assert!((back - t[c]).abs() <= tol, "case {case} code {c}");
+                assert!((back - tc).abs() <= tol, "case {case} code {c}");
             }
             if t8.scale > 0.0 {
                 let min = t.iter().position(|&v| v == lo).unwrap();
