@@ -54,4 +54,4 @@ pub use pass::{
     BlockwiseModel, LayerReport, QuantizeConfig, Report, quantize_model, quantize_model_sequential,
 };
 pub use pattern::LayerPattern;
-pub use weight::{Any4Weight, CpuMatmul, Route, route};
+pub use weight::{Any4Weight, CpuMatmul, Route, int8_tables_tensor, route};

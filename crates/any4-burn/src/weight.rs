@@ -5,7 +5,9 @@
 //! dequantize with Burn tensor ops, then a dense matmul (always valid, autodiff included).
 
 use any4_core::GroupSize;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use crate::error::Result;
 
 use crate::extension::{Any4Backend, Any4WeightPrimitive};
 
@@ -62,6 +64,23 @@ pub struct Any4Weight {
     pub group: GroupSize,
     /// CPU activation precision.
     pub cpu: CpuMatmul,
+    /// Derived from `table` once, when the weight is built ([`int8_tables_tensor`]): the int8
+    /// tables the CPU int8 path reads instead of converting every row's table per call,
+    /// `[1 or rows, any4_core::INT8_TABLE_WORDS]` u32.
+    pub table_i8: Tensor<2, Int>,
+}
+
+/// The derived int8 tables of a `[table_rows, 16]` f32 table buffer on `device`:
+/// `any4_core::int8_tables` packed `[table_rows, INT8_TABLE_WORDS]` u32 (16 int8 codes, then
+/// the bits of the f32 `scale` and `mid` per row; see that function for the numerics). Integer
+/// storage, so a model-wide float dtype cast leaves it exact.
+pub fn int8_tables_tensor(table: &[f32], device: &Device) -> Result<Tensor<2, Int>> {
+    let words = any4_core::int8_tables(table)?;
+    let rows = words.len() / any4_core::INT8_TABLE_WORDS;
+    Ok(Tensor::<2, Int>::from_data(
+        TensorData::new(words, [rows, any4_core::INT8_TABLE_WORDS]),
+        (device, DType::U32),
+    ))
 }
 
 /// Which implementation a call takes (chosen from the activation's device).
@@ -97,6 +116,7 @@ impl Any4Weight {
             shape: self.shape,
             group: self.group,
             cpu: self.cpu,
+            table_i8: self.table_i8.clone().into_dispatch(),
         }
     }
 

@@ -9,8 +9,8 @@
 
 use any4_core::rng::SplitMix64;
 use any4_core::{
-    Any4Config, Format, GroupSize, Int8Kernel, Int8Tables, MatmulPrecision, QuantizedMatrix,
-    QuantizedView, Solver, dense_matmul, int8_tables, quantize_matrix,
+    Any4Config, Format, GroupSize, Int8Kernel, MatmulPrecision, QuantizedMatrix, QuantizedView,
+    Solver, dense_matmul, int8_tables, quantize_matrix,
 };
 use divan::Bencher;
 
@@ -153,7 +153,7 @@ struct Layer {
     table: Vec<f32>,
     scales: Vec<f32>,
     zeros: Vec<f32>,
-    int8: Int8Tables,
+    int8: Vec<u32>,
 }
 
 impl Layer {
@@ -179,7 +179,7 @@ impl Layer {
             &self.scales,
             &self.zeros,
         )
-        .and_then(|v| v.with_int8_tables(&self.int8.q, &self.int8.scale_mid))
+        .and_then(|v| v.with_int8_tables(&self.int8))
         .expect("view")
     }
 }

@@ -220,7 +220,13 @@ mod tests {
                 }
             }
         }
-        eprintln!("panel micro-kernels checked: {paths:?}");
+        let not_run: Vec<&str> = ["Gemm", "Avx512"]
+            .into_iter()
+            .filter(|n| !paths.iter().any(|p| format!("{p:?}") == *n))
+            .collect();
+        eprintln!(
+            "panel micro-kernels checked: {paths:?}; not run (this CPU or target lacks them): {not_run:?}"
+        );
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;

@@ -364,7 +364,13 @@ mod tests {
             }
         }
         let isas: Vec<String> = Isa::supported().iter().map(|i| format!("{i:?}")).collect();
-        eprintln!("f32 lookup paths checked: {isas:?}");
+        let not_run: Vec<&str> = ["Portable", "Avx2", "Avx512"]
+            .into_iter()
+            .filter(|n| !isas.iter().any(|i| i == n))
+            .collect();
+        eprintln!(
+            "f32 lookup paths checked: {isas:?}; not run (this CPU or target lacks them): {not_run:?}"
+        );
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;

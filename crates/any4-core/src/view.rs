@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use crate::config::GroupSize;
 use crate::error::{Error, Result};
-use crate::int8::Int8Table;
+use crate::int8::{INT8_TABLE_WORDS, Int8Table};
 use crate::pack::words_per_row;
 use crate::quantize::TABLE_LEN;
 use crate::simd::Isa;
@@ -21,8 +21,8 @@ pub struct QuantizedView<'a> {
     table: &'a [f32],
     scales: &'a [f32],
     zeros: &'a [f32],
-    /// Precomputed int8 tables `([table_rows, 16] q, [table_rows, 2] (scale, mid))`.
-    int8: Option<(&'a [i8], &'a [f32])>,
+    /// Precomputed int8 tables, `[table_rows, INT8_TABLE_WORDS]` packed words.
+    int8: Option<&'a [u32]>,
 }
 
 impl<'a> QuantizedView<'a> {
@@ -77,50 +77,33 @@ impl<'a> QuantizedView<'a> {
     }
 
     /// This view with precomputed int8 tables ([`int8_tables`](crate::int8_tables) of its
-    /// table: `q [table_rows, 16]`, `scale_mid [table_rows, 2]`), which the int8 path then reads
-    /// instead of converting each row's table per call. Errors name the buffer whose length is
-    /// wrong.
-    pub fn with_int8_tables(mut self, q: &'a [i8], scale_mid: &'a [f32]) -> Result<Self> {
-        let table_rows = self.table.len() / TABLE_LEN;
-        for (what, expected, got) in [
-            (
-                "int8 table q [table_rows, 16]",
-                table_rows * TABLE_LEN,
-                q.len(),
-            ),
-            (
-                "int8 table scale_mid [table_rows, 2]",
-                table_rows * 2,
-                scale_mid.len(),
-            ),
-        ] {
-            if expected != got {
-                return Err(Error::ShapeMismatch {
-                    what,
-                    expected,
-                    got,
-                });
-            }
+    /// table, `[table_rows, INT8_TABLE_WORDS]`), which the int8 path then reads instead of
+    /// converting each row's table per call. Errors if the length does not match the table.
+    pub fn with_int8_tables(mut self, words: &'a [u32]) -> Result<Self> {
+        let expected = self.table.len() / TABLE_LEN * INT8_TABLE_WORDS;
+        if words.len() != expected {
+            return Err(Error::ShapeMismatch {
+                what: "int8 tables [table_rows, 6]",
+                expected,
+                got: words.len(),
+            });
         }
-        self.int8 = Some((q, scale_mid));
+        self.int8 = Some(words);
         Ok(self)
     }
 
     /// The precomputed int8 table of `row`, if the view has them.
     pub(crate) fn row_int8_table(&self, row: usize) -> Option<Int8Table> {
-        let (q, sm) = self.int8?;
+        let words = self.int8?;
         let r = if self.table.len() == TABLE_LEN {
             0
         } else {
             row
         };
-        Some(Int8Table {
-            q: q[r * TABLE_LEN..][..TABLE_LEN]
-                .try_into()
-                .expect("16 entries"),
-            scale: sm[2 * r],
-            mid: sm[2 * r + 1],
-        })
+        let w = words[r * INT8_TABLE_WORDS..][..INT8_TABLE_WORDS]
+            .try_into()
+            .expect("6 words");
+        Some(Int8Table::from_words(w))
     }
 
     /// Number of rows (output features).

@@ -149,7 +149,7 @@ fn check_int8_kernel(
     let t8 = int8_tables(q.table()).unwrap();
     let pre = q
         .view()
-        .with_int8_tables(&t8.q, &t8.scale_mid)
+        .with_int8_tables(&t8)
         .unwrap()
         .matmul_int8(x, m, kernel)
         .unwrap();
@@ -199,8 +199,9 @@ fn check_int8_kernel(
 
 /// Every int8 kernel this CPU runs is checked (see `check_int8_kernel`) on shapes that reach
 /// each code path: K a multiple of 128 or not (padded last quad, unpaired block, f32 tail),
-/// group sizes 32 / 64 / 128 / 256 / per-row, learned and shared tables, M = 1 and 3. The list
-/// of kernels checked must hold every kernel the CPU's features allow (detected here
+/// group sizes 32 / 64 / 128 / 256 / per-row, learned and shared tables, M = 1, 3 and 6 (the
+/// AVX-512 kernels take activation rows four at a time: 6 is a full pass and a partial one).
+/// The list of kernels checked must hold every kernel the CPU's features allow (detected here
 /// independently); kernels the CPU lacks are printed as not run.
 #[test]
 fn every_supported_int8_kernel_matches_the_reference() {
@@ -239,7 +240,7 @@ fn every_supported_int8_kernel_matches_the_reference() {
                 let w = student_t(rows, cols, 4, seed);
                 let q = quantize_matrix(&w, [rows, cols], None, &cfg(f).with_group_size(group))
                     .unwrap();
-                for m in [1, 3] {
+                for m in [1, 3, 6] {
                     let x = student_t(m, cols, 5, seed ^ 3);
                     for &kernel in &kernels {
                         check_int8_kernel(kernel, &q, &x, m).unwrap();
@@ -249,7 +250,11 @@ fn every_supported_int8_kernel_matches_the_reference() {
             }
         }
     }
-    assert_eq!(cases, 6 * 5 * 2 * 2 * kernels.len());
+    assert_eq!(cases, 6 * 5 * 2 * 3 * kernels.len());
+    // Precomputed tables of the wrong length are refused, naming them.
+    let q = quantize_matrix(&student_t(4, 64, 4, 1), [4, 64], None, &cfg(Format::Any4)).unwrap();
+    let err = q.view().with_int8_tables(&[0; 6]).unwrap_err().to_string();
+    assert!(err.contains("int8 tables"), "{err}");
 }
 
 proptest! {

@@ -130,24 +130,25 @@ unsafe fn quantize_block(xs: &[f32; BLOCK], out: *mut i8) -> f32 {
     }
 }
 
-/// `Σ_g s_g Σ_{b∈g} d_b Σ_{j∈b} q[code_j] · xq_j` over the full blocks of `R` rows (1 or 2),
-/// for activation row `i` of `a` (quad layout); `group_blocks` blocks share one scale. `vbmi`
-/// picks the `vpermb` lookup. Two rows far apart in memory are read as two concurrent streams
-/// (one core reads ~21 GB/s from one sequential stream on the 2-core EPYC VM, ~38 GB/s from
-/// two) and share the activation loads.
+/// `Σ_g s_g Σ_{b∈g} d_b Σ_{j∈b} q[code_j] · xq_j` over the full blocks of `R` weight rows (1
+/// or 2) and `MI` activation rows `i0 .. i0 + MI` of `a` (quad layout, `MI` ≤ 4): `out[r][i]`.
+/// `group_blocks` blocks share one scale; `vbmi` picks the `vpermb` lookup.
+///
+/// Two weight rows far apart in memory are read as two concurrent streams and share the
+/// activation loads; several activation rows (batched decode) share each code load and lookup.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW, VNNI and FMA, and AVX-512 VBMI when `vbmi`.
-pub unsafe fn rows_dot<const R: usize>(
+pub unsafe fn rows_dot<const R: usize, const MI: usize>(
     vbmi: bool,
     rows: [RowRef<'_>; R],
     a: &Acts,
-    i: usize,
+    i0: usize,
     group_blocks: usize,
-) -> [f32; R] {
+) -> [[f32; MI]; R] {
     let blocks = a.blocks;
     if blocks == 0 {
-        return [0.0; R];
+        return [[0.0; MI]; R];
     }
     let groups = rows[0].scales.len();
     for r in &rows {
@@ -161,17 +162,19 @@ pub unsafe fn rows_dot<const R: usize>(
         );
     }
     assert!(
-        a.q.len() >= (i + 1) * a.q_stride && a.corr.len() >= (i + 1) * a.dv_stride,
+        a.q.len() >= (i0 + MI) * a.q_stride
+            && a.corr.len() >= (i0 + MI) * a.dv_stride
+            && a.dv.len() >= (i0 + MI) * a.dv_stride,
         "rows_dot: activations"
     );
     let lanes = group_blocks < QUAD && groups > 1;
     // SAFETY: the caller guarantees the CPU features; lengths are checked above.
     unsafe {
         match (vbmi, lanes) {
-            (true, true) => rows_vbmi::<R, true>(rows, a, i, group_blocks),
-            (true, false) => rows_vbmi::<R, false>(rows, a, i, group_blocks),
-            (false, true) => rows_vnni::<R, true>(rows, a, i, group_blocks),
-            (false, false) => rows_vnni::<R, false>(rows, a, i, group_blocks),
+            (true, true) => rows_vbmi::<R, MI, true>(rows, a, i0, group_blocks),
+            (true, false) => rows_vbmi::<R, MI, false>(rows, a, i0, group_blocks),
+            (false, true) => rows_vnni::<R, MI, true>(rows, a, i0, group_blocks),
+            (false, false) => rows_vnni::<R, MI, false>(rows, a, i0, group_blocks),
         }
     }
 }
@@ -186,23 +189,27 @@ pub unsafe fn rows_dot<const R: usize>(
 macro_rules! rows_kernel {
     ($name:ident, $features:literal, $vbmi:literal) => {
         #[target_feature(enable = $features)]
-        unsafe fn $name<const R: usize, const LANES: bool>(
+        unsafe fn $name<const R: usize, const MI: usize, const LANES: bool>(
             rows: [RowRef<'_>; R],
             a: &Acts,
-            i: usize,
+            i0: usize,
             group_blocks: usize,
-        ) -> [f32; R] {
+        ) -> [[f32; MI]; R] {
             let blocks = a.blocks;
             let quads = blocks.div_ceil(QUAD);
             let full = blocks / QUAD;
             let groups = rows[0].scales.len();
             // SAFETY: code loads read `words[..16 · blocks]` bytes of each row (the last quad
-            // masked to its full blocks); activation loads read quad `j < quads` of row `i`;
-            // scale loads stay within (or are masked to) `scales`; all checked by `rows_dot`.
+            // masked to its full blocks; prefetches may point past it and never fault);
+            // activation loads read quad `j < quads` of rows `i0 .. i0 + MI`; scale loads stay
+            // within (or are masked to) `scales`; all checked by `rows_dot`.
             unsafe {
-                let xq = a.q.as_ptr().add(i * a.q_stride);
-                let dv = a.dv.as_ptr().add(i * a.dv_stride);
-                let corr = a.corr.as_ptr().add(i * a.dv_stride) as *const i32;
+                let xq: [*const i8; MI] =
+                    std::array::from_fn(|i| a.q.as_ptr().add((i0 + i) * a.q_stride));
+                let dv: [*const f32; MI] =
+                    std::array::from_fn(|i| a.dv.as_ptr().add((i0 + i) * a.dv_stride));
+                let corr: [*const i32; MI] =
+                    std::array::from_fn(|i| a.corr.as_ptr().add((i0 + i) * a.dv_stride));
                 let codes: [*const u8; R] =
                     std::array::from_fn(|r| rows[r].words.as_ptr() as *const u8);
                 let scales: [*const f32; R] = std::array::from_fn(|r| rows[r].scales.as_ptr());
@@ -238,15 +245,11 @@ macro_rules! rows_kernel {
                         _mm512_set1_ps(*scales[r].add(j >> shift))
                     }
                 };
-                // Quad `j` (`masked`: the last, partial one) of every row: `t[r] += s · d_b ·
-                // Σ q·xq` per lane.
-                let quad = |t: &mut [__m512; R], j: usize, masked: bool| {
-                    let c = _mm512_loadu_si512(corr.add(16 * j) as *const _);
-                    let xl = _mm512_loadu_si512(xq.add(128 * j) as *const _);
-                    let xh = _mm512_loadu_si512(xq.add(128 * j + 64) as *const _);
-                    let d = _mm512_loadu_ps(dv.add(16 * j));
+                // Quad `j` (`masked`: the last, partial one): `t[r][i] += s · d_b · Σ q·xq`
+                // per lane, for every weight row `r` and activation row `i`.
+                let quad = |t: &mut [[__m512; MI]; R], j: usize, masked: bool| {
                     for r in 0..R {
-                        // `wrapping_add`: the address may lie past the buffer; a prefetch never faults.
+                        // `wrapping_add`: may point past the buffer; a prefetch never faults.
                         _mm_prefetch::<_MM_HINT_T0>(
                             codes[r].wrapping_add(64 * (j + PREFETCH)) as *const i8
                         );
@@ -267,13 +270,21 @@ macro_rules! rows_kernel {
                                 _mm512_shuffle_epi8(lut[r], _mm512_and_si512(hi, nib)),
                             )
                         };
-                        let acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, wl, xl), wh, xh);
-                        let f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), d);
-                        t[r] = _mm512_fmadd_ps(f, scale(r, j), t[r]);
+                        let s = scale(r, j);
+                        for i in 0..MI {
+                            let c = _mm512_loadu_si512(corr[i].add(16 * j) as *const _);
+                            let xl = _mm512_loadu_si512(xq[i].add(128 * j) as *const _);
+                            let xh = _mm512_loadu_si512(xq[i].add(128 * j + 64) as *const _);
+                            let acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, wl, xl), wh, xh);
+                            let d = _mm512_loadu_ps(dv[i].add(16 * j));
+                            let f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), d);
+                            t[r][i] = _mm512_fmadd_ps(f, s, t[r][i]);
+                        }
                     }
                 };
-                // Two accumulators per row hide the FMA latency.
-                let (mut t0, mut t1) = ([_mm512_setzero_ps(); R], [_mm512_setzero_ps(); R]);
+                // Two accumulators per (row, activation row) hide the FMA latency.
+                let zero = [[_mm512_setzero_ps(); MI]; R];
+                let (mut t0, mut t1) = (zero, zero);
                 let mut j = 0;
                 while j + 2 <= full {
                     quad(&mut t0, j, false);
@@ -286,7 +297,9 @@ macro_rules! rows_kernel {
                 if full < quads {
                     quad(&mut t1, full, true);
                 }
-                std::array::from_fn(|r| _mm512_reduce_add_ps(_mm512_add_ps(t0[r], t1[r])))
+                std::array::from_fn(|r| {
+                    std::array::from_fn(|i| _mm512_reduce_add_ps(_mm512_add_ps(t0[r][i], t1[r][i])))
+                })
             }
         }
     };

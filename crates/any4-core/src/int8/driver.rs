@@ -153,30 +153,66 @@ impl Int8Kernel {
         false
     }
 
-    /// The integer part of `R` rows (1 or 2) against activation row `i` (see `rows_dot`).
-    fn rows_dot<const R: usize>(
+    /// The integer part of `R` weight rows (1 or 2) against activation rows `i0 .. i0 + MI`
+    /// (see `avx512::rows_dot`): `out[r][i]`.
+    fn rows_dot<const R: usize, const MI: usize>(
         self,
         rows: [RowRef<'_>; R],
         a: &Acts,
-        i: usize,
+        i0: usize,
         group_blocks: usize,
-    ) -> [f32; R] {
+    ) -> [[f32; MI]; R] {
         match self.0 {
             Kind::Portable => std::array::from_fn(|r| {
-                portable::row_dot(rows[r].words, rows[r].q, a, i, rows[r].scales, group_blocks)
+                let w = rows[r];
+                std::array::from_fn(|i| {
+                    portable::row_dot(w.words, w.q, a, i0 + i, w.scales, group_blocks)
+                })
             }),
             // SAFETY (both arms): detected features; `a` was quantized by this kernel.
             #[cfg(target_arch = "x86_64")]
-            Kind::Avx2 => std::array::from_fn(|r| unsafe {
-                super::avx2::row_dot(rows[r].words, rows[r].q, a, i, rows[r].scales, group_blocks)
+            Kind::Avx2 => std::array::from_fn(|r| {
+                let w = rows[r];
+                std::array::from_fn(|i| unsafe {
+                    super::avx2::row_dot(w.words, w.q, a, i0 + i, w.scales, group_blocks)
+                })
             }),
             #[cfg(target_arch = "x86_64")]
             Kind::Avx512Vnni | Kind::Avx512Vbmi => unsafe {
-                super::avx512::rows_dot(self.0 == Kind::Avx512Vbmi, rows, a, i, group_blocks)
+                super::avx512::rows_dot(self.0 == Kind::Avx512Vbmi, rows, a, i0, group_blocks)
             },
         }
     }
+
+    /// [`rows_dot`](Self::rows_dot) for `mi` (1–4) activation rows from `i0`, into `out`.
+    fn rows_dot_into<const R: usize>(
+        self,
+        rows: [RowRef<'_>; R],
+        a: &Acts,
+        i0: usize,
+        mi: usize,
+        group_blocks: usize,
+        out: &mut [[f32; ACT_ROWS]; R],
+    ) {
+        fn copy<const R: usize, const MI: usize>(
+            v: [[f32; MI]; R],
+            out: &mut [[f32; ACT_ROWS]; R],
+        ) {
+            for (o, v) in out.iter_mut().zip(v) {
+                o[..MI].copy_from_slice(&v);
+            }
+        }
+        match mi {
+            1 => copy(self.rows_dot::<R, 1>(rows, a, i0, group_blocks), out),
+            2 => copy(self.rows_dot::<R, 2>(rows, a, i0, group_blocks), out),
+            3 => copy(self.rows_dot::<R, 3>(rows, a, i0, group_blocks), out),
+            _ => copy(self.rows_dot::<R, 4>(rows, a, i0, group_blocks), out),
+        }
+    }
 }
+
+/// Activation rows per kernel pass.
+const ACT_ROWS: usize = 4;
 
 thread_local! {
     /// Quantized activations, reused by the calls of a thread.
@@ -285,18 +321,23 @@ impl QuantizedView<'_> {
         });
         let group_blocks = (group / BLOCK).max(1);
         let full = a.blocks * BLOCK;
-        for i in 0..x.len() / k {
-            let dots = kernel.rows_dot(refs, a, i, group_blocks);
-            let xs = &a.xsum[i * a.groups..][..a.groups];
-            for r in 0..R {
+        let m = x.len() / k;
+        let mut dots = [[0.0f32; ACT_ROWS]; R];
+        for i0 in (0..m).step_by(ACT_ROWS) {
+            let mi = ACT_ROWS.min(m - i0);
+            kernel.rows_dot_into(refs, a, i0, mi, group_blocks, &mut dots);
+            for (r, row_dots) in dots.iter().enumerate() {
                 let (scales, t) = (refs[r].scales, &t8[r]);
-                let (zx, sx) = kernel.zero_terms(self.row_zeros(rows[r]), scales, xs);
-                let mut acc = t.scale * dots[r] + zx + t.mid * sx;
-                for j in full..k {
-                    let c = code(refs[r].words, j) as usize;
-                    acc += scales[j / group] * (tables[r][c] - t.mid) * x[i * k + j];
+                for (i, &dot) in (i0..i0 + mi).zip(row_dots) {
+                    let xs = &a.xsum[i * a.groups..][..a.groups];
+                    let (zx, sx) = kernel.zero_terms(self.row_zeros(rows[r]), scales, xs);
+                    let mut acc = t.scale * dot + zx + t.mid * sx;
+                    for j in full..k {
+                        let c = code(refs[r].words, j) as usize;
+                        acc += scales[j / group] * (tables[r][c] - t.mid) * x[i * k + j];
+                    }
+                    write(rows[r], i, acc);
                 }
-                write(rows[r], i, acc);
             }
         }
     }

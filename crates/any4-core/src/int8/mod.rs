@@ -123,20 +123,44 @@ pub(crate) fn block_step(amax: f32) -> (f32, f32) {
     }
 }
 
-/// The int8 tables of a whole weight, built once (e.g. when a weight is loaded) so that calls
-/// skip the per-row conversion: pass them to
-/// [`QuantizedView::with_int8_tables`](crate::QuantizedView::with_int8_tables).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Int8Tables {
-    /// `[table_rows, 16]` centred codes `q` (row-major).
-    pub q: Vec<i8>,
-    /// `[table_rows, 2]`: `(scale, mid)` per table row.
-    pub scale_mid: Vec<f32>,
+/// Words per row of packed int8 tables ([`int8_tables`]): words 0–3 hold the 16 codes `q`
+/// (word `w` holds `q[4w .. 4w + 4]`, lowest byte first: the row's 16 bytes in little-endian
+/// order are `q[0..16]`), word 4 the f32 bits of `scale`, word 5 those of `mid`. One integer
+/// buffer, so a dtype cast of a model's float parameters can never round `scale` or `mid`.
+pub const INT8_TABLE_WORDS: usize = 6;
+
+impl Int8Table {
+    /// The packed form (see [`INT8_TABLE_WORDS`]).
+    pub fn to_words(&self) -> [u32; INT8_TABLE_WORDS] {
+        let b = self.q.map(|v| v as u8);
+        let word =
+            |w: usize| u32::from_le_bytes([b[4 * w], b[4 * w + 1], b[4 * w + 2], b[4 * w + 3]]);
+        [
+            word(0),
+            word(1),
+            word(2),
+            word(3),
+            self.scale.to_bits(),
+            self.mid.to_bits(),
+        ]
+    }
+
+    /// Read the packed form back.
+    pub fn from_words(w: &[u32; INT8_TABLE_WORDS]) -> Int8Table {
+        Int8Table {
+            q: std::array::from_fn(|c| w[c / 4].to_le_bytes()[c % 4] as i8),
+            scale: f32::from_bits(w[4]),
+            mid: f32::from_bits(w[5]),
+        }
+    }
 }
 
-/// [`int8_table`] of every row of a `[table_rows, 16]` f32 table buffer (the portable layout).
-/// Errors if the length is not a positive multiple of 16.
-pub fn int8_tables(table: &[f32]) -> Result<Int8Tables> {
+/// [`int8_table`] of every row of a `[table_rows, 16]` f32 table buffer (the portable layout),
+/// packed `[table_rows, INT8_TABLE_WORDS]`: built once with a weight, so that calls skip the
+/// per-row conversion (pass it to
+/// [`QuantizedView::with_int8_tables`](crate::QuantizedView::with_int8_tables)). Errors if the
+/// length is not a positive multiple of 16.
+pub fn int8_tables(table: &[f32]) -> Result<Vec<u32>> {
     if table.is_empty() || !table.len().is_multiple_of(TABLE_LEN) {
         return Err(Error::ShapeMismatch {
             what: "table [table_rows, 16]",
@@ -144,17 +168,10 @@ pub fn int8_tables(table: &[f32]) -> Result<Int8Tables> {
             got: table.len(),
         });
     }
-    let rows = table.len() / TABLE_LEN;
-    let mut out = Int8Tables {
-        q: Vec::with_capacity(rows * TABLE_LEN),
-        scale_mid: Vec::with_capacity(rows * 2),
-    };
-    for t in table.chunks_exact(TABLE_LEN) {
-        let t8 = int8_table(t.try_into().expect("chunks of 16"));
-        out.q.extend_from_slice(&t8.q);
-        out.scale_mid.extend_from_slice(&[t8.scale, t8.mid]);
-    }
-    Ok(out)
+    Ok(table
+        .chunks_exact(TABLE_LEN)
+        .flat_map(|t| int8_table(t.try_into().expect("chunks of 16")).to_words())
+        .collect())
 }
 
 /// `(Σ z_g · xs_g, Σ s_g · xs_g)`: the zero term of a row, portable, with 8 independent
@@ -296,12 +313,17 @@ mod tests {
     }
 
     #[test]
-    fn int8_tables_checks_length() {
+    fn int8_tables_pack_every_row() {
         assert!(int8_tables(&[0.0; 15]).is_err());
         assert!(int8_tables(&[]).is_err());
-        let t: Vec<f32> = (0..32).map(|i| i as f32).collect();
-        let t8 = int8_tables(&t).unwrap();
-        assert_eq!((t8.q.len(), t8.scale_mid.len()), (32, 4));
-        assert_eq!(t8.q[16..], int8_table(t[16..].try_into().unwrap()).q);
+        let t: Vec<f32> = (0..32).map(|i| (i as f32 - 9.0) * 0.7).collect();
+        let words = int8_tables(&t).unwrap();
+        assert_eq!(words.len(), 2 * INT8_TABLE_WORDS);
+        for r in 0..2 {
+            let t8 = int8_table(t[16 * r..16 * r + 16].try_into().unwrap());
+            let w: &[u32; INT8_TABLE_WORDS] = words[r * 6..r * 6 + 6].try_into().unwrap();
+            assert_eq!(Int8Table::from_words(w), t8);
+            assert_eq!(w[0] & 0xFF, t8.q[0] as u8 as u32, "lowest byte first");
+        }
     }
 }
