@@ -130,10 +130,11 @@ fn matvec_dense_f32_cold(bencher: Bencher, i: usize) {
     });
 }
 
-/// `"<shape>/<kernel>"` for the two shapes and every SIMD int8 kernel this CPU runs.
+/// `"<shape>/<kernel>"` for 1024² and the two shapes above, every SIMD int8 kernel this CPU
+/// runs (the shapes of the per-call overhead comparison with the kernels bench through Burn).
 fn int8_cases() -> Vec<&'static str> {
     let mut cases = Vec::new();
-    for (n, k) in SHAPES {
+    for (n, k) in [(1024, 1024)].into_iter().chain(SHAPES) {
         for kernel in Int8Kernel::supported() {
             if kernel.name() != "portable" {
                 cases.push(&*Box::leak(

@@ -353,6 +353,38 @@ fn results_do_not_depend_on_thread_count() {
     }
 }
 
+/// The int8 path on a weight large enough to be split across threads (300 KB of codes, an
+/// odd row count so one row has no pair), called from outside any pool (the caller works
+/// alongside helpers), inside a one-thread pool (sequential) and inside a three-thread pool
+/// (rayon's splitting): bit-identical, and within the reference checks of `check_int8_kernel`.
+#[test]
+fn int8_path_does_not_depend_on_threads() {
+    let (rows, cols, m) = (601, 1024, 5);
+    let w = student_t(rows, cols, 4, 31);
+    let q = quantize_matrix(&w, [rows, cols], None, &cfg(Format::Int4)).unwrap();
+    let x = gaussian(m, cols, 32);
+    for kernel in Int8Kernel::supported() {
+        let outside = q.view().matmul_int8(&x, m, kernel).unwrap();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let inside = pool.install(|| q.view().matmul_int8(&x, m, kernel).unwrap());
+            assert!(
+                inside
+                    .iter()
+                    .zip(&outside)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{}: {threads}-thread pool vs the calling thread",
+                kernel.name()
+            );
+        }
+    }
+    let best = Int8Kernel::supported().pop().unwrap();
+    check_int8_kernel(best, &q, &x, m).unwrap();
+}
+
 #[test]
 fn short_last_group_uses_its_own_range() {
     // SmolLM2's K = 576 = 4.5 × 128: groups of 128, 128, 128, 128 and 64.
