@@ -1,6 +1,6 @@
 //! `cargo xtask gpu-kit`: the GPU check of the kernels issue, packed for a device machine that has
-//! CUDA but no Rust toolchain (BUILD.md). Builds the CUDA kernel and Cube-route test binaries and
-//! the `kernels` / `decode` benches here (release, NVRTC compiles the kernels on the device),
+//! CUDA but no Rust toolchain (docs/BUILD.md). Builds the CUDA kernel and Cube-route test
+//! binaries and the `kernels` / `decode` benches here (release, NVRTC compiles the kernels on the device),
 //! strips and xz-compresses them into `target/gpu-kit/bin`, and adds `bench/gpu/run.sh` and the
 //! embedded tiny model. On the device: `bash target/gpu-kit/run.sh` (results under `$OUT`).
 //!
