@@ -7,7 +7,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::calib::Probe;
 use crate::error::{Error, Result};
-use crate::weight::{Any4Weight, CpuMatmul, int8_tables_tensor};
+use crate::weight::{Any4Weight, CpuMatmul, int8_tables_on};
 
 /// A linear layer whose weight is stored in any4 form (frozen; the bias stays dense).
 #[derive(Module, Debug)]
@@ -23,8 +23,8 @@ pub struct Any4Linear {
     /// Optional bias `[d_output]`.
     pub bias: Option<Param<Tensor<1>>>,
     /// Derived from `table` at construction: the CPU int8 path's tables
-    /// ([`int8_tables_tensor`](crate::int8_tables_tensor)), `[1 or d_output, 6]` u32. Not saved
-    /// by checkpoints (rebuilt from `table` on load).
+    /// ([`int8_tables_tensor`](crate::int8_tables_tensor)), `[1 or d_output, 6]` u32. Must be
+    /// rebuilt whenever `table` changes. Not saved by checkpoints (rebuilt from `table` on load).
     pub table_i8: Param<Tensor<2, Int>>,
     /// How the weight was quantized.
     #[module(skip)]
@@ -53,7 +53,7 @@ impl Any4Linear {
             TensorData::new(q.codes().to_vec(), [rows, cols.div_ceil(8)]),
             (device, DType::U32),
         );
-        let table_i8 = int8_tables_tensor(q.table(), device)
+        let table_i8 = int8_tables_on(q.table(), device)
             .expect("a QuantizedMatrix's table is [table_rows, 16]");
         Any4Linear {
             codes: Param::initialized(ParamId::new(), codes),

@@ -237,3 +237,19 @@ fn matvec_int8_cold(bencher: Bencher, case: &str) {
 fn matvec_any4_int8_cold(bencher: Bencher, i: usize) {
     bench_cold(bencher, i, MatmulPrecision::Int8Activations);
 }
+
+/// As `matvec_any4_int8_cold` (one shared table, converted per call) with a chosen kernel: the
+/// `/avx2` cases are what an AVX2-only CPU runs, comparable with earlier runs of that bench.
+#[divan::bench(args = int8_cases(), sample_count = 20)]
+fn matvec_int8_shared_cold(bencher: Bencher, case: &str) {
+    let (n, k, kernel) = parse_case(case);
+    let q = quantized(n, k);
+    let copies = copies_for(n * k / 2);
+    let qs: Vec<QuantizedMatrix> = (0..copies).map(|_| q.clone()).collect();
+    let x = student_t(1, k, 3);
+    let mut next = 0;
+    bencher.bench_local(|| {
+        next = (next + 1) % copies;
+        qs[next].view().matmul_int8(&x, 1, kernel).expect("matmul")
+    });
+}

@@ -2,10 +2,8 @@
 //! [`crate::int8`] for the numerics).
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rayon::prelude::*;
-
+use super::split::run_units;
 use super::{Acts, BLOCK, Int8Table, RowRef, portable};
 use crate::error::Result;
 use crate::matmul::{PARALLEL_MIN_MACS, check_activations};
@@ -241,45 +239,6 @@ const ROWS_PER_TASK: usize = 16;
 /// EPYC VM (int8 path, batch 1): 512² (128 KB) runs ~15 µs on one thread, about what handing
 /// work to a sleeping worker and waiting for it costs; 1024² (512 KB) gains from a second core.
 const PARALLEL_MIN_WEIGHT_BYTES: usize = 256 << 10;
-
-/// `task(u)` for every `u < units`, in chunks of `chunk`, on the calling thread or (`parallel`)
-/// spread over the rayon pool.
-///
-/// Called from outside the pool (a Burn forward on the user's thread), a plain parallel
-/// iterator would inject the work, wake the workers and put the caller to sleep until they are
-/// done: two wake-ups per call, ~10 µs each on a loaded VM. Instead the caller works too: it
-/// spawns one helper per other pool thread, and everyone claims chunks from a shared counter
-/// until none are left, so the caller starts at once and a late helper finds nothing to do.
-/// Inside the pool, rayon's own splitting is used (the caller is a worker and steals).
-fn run_units(units: usize, chunk: usize, parallel: bool, task: impl Fn(usize) + Sync + Send) {
-    let threads = rayon::current_num_threads();
-    if !parallel || threads < 2 || units <= chunk {
-        (0..units).for_each(task);
-    } else if rayon::current_thread_index().is_some() {
-        (0..units)
-            .into_par_iter()
-            .with_min_len(chunk)
-            .for_each(task);
-    } else {
-        let next = AtomicUsize::new(0);
-        let work = || {
-            loop {
-                let start = next.fetch_add(chunk, Ordering::Relaxed);
-                if start >= units {
-                    break;
-                }
-                (start..(start + chunk).min(units)).for_each(&task);
-            }
-        };
-        let helpers = (threads - 1).min(units.div_ceil(chunk) - 1);
-        rayon::in_place_scope(|s| {
-            for _ in 0..helpers {
-                s.spawn(|_| work());
-            }
-            work();
-        });
-    }
-}
 
 impl QuantizedView<'_> {
     /// `y = x · Wᵀ` on the int8 path (module docs of [`MatmulPrecision`](crate::MatmulPrecision))

@@ -37,6 +37,7 @@ mod avx2;
 mod avx512;
 mod driver;
 mod portable;
+mod split;
 
 pub use driver::Int8Kernel;
 
