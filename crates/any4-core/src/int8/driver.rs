@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use super::split::run_units;
 use super::{Acts, BLOCK, Int8Table, RowRef, portable};
 use crate::error::Result;
-use crate::matmul::{PARALLEL_MIN_MACS, check_activations};
+use crate::matmul::check_activations;
 use crate::pack::code;
 use crate::view::QuantizedView;
 
@@ -235,10 +235,11 @@ impl Out {
 /// Rows per task (claimed from a shared counter, or at least that many per rayon task).
 const ROWS_PER_TASK: usize = 16;
 
-/// Weight bytes below which a call stays on the calling thread. Measured on the shared 2-core
-/// EPYC VM (int8 path, batch 1): 512² (128 KB) runs ~15 µs on one thread, about what handing
-/// work to a sleeping worker and waiting for it costs; 1024² (512 KB) gains from a second core.
-const PARALLEL_MIN_WEIGHT_BYTES: usize = 256 << 10;
+/// Multiply-adds below which a call stays on the calling thread (2¹⁹: 256 KB of codes at batch
+/// 1). Measured on the shared 2-core EPYC VM: 512² at batch 1 runs in ~15 µs on one thread,
+/// about what handing work to a sleeping worker and waiting for it cost; 1024² gains from a
+/// second core. More activation rows mean more work per weight byte, so batches split sooner.
+const PARALLEL_MIN_INT8_MACS: usize = 1 << 19;
 
 impl QuantizedView<'_> {
     /// `y = x · Wᵀ` on the int8 path (module docs of [`MatmulPrecision`](crate::MatmulPrecision))
@@ -269,9 +270,7 @@ impl QuantizedView<'_> {
             // SAFETY: i < m, row < n: in bounds; only the task owning `row` writes column `row`.
             unsafe { *out.ptr().add(i * n + row) = v }
         };
-        // Weight bytes streamed per call: below `PARALLEL_MIN_WEIGHT_BYTES` waking a worker
-        // costs more than it saves.
-        let parallel = n * k / 2 >= PARALLEL_MIN_WEIGHT_BYTES && n * k * m >= PARALLEL_MIN_MACS;
+        let parallel = n * k * m >= PARALLEL_MIN_INT8_MACS;
         if kernel.pairs_rows() {
             // Rows in pairs (p, p + half): two distant rows are two concurrent memory streams
             // per core and share the activation loads (see `avx512::rows_dot`).
