@@ -310,7 +310,11 @@ pub fn attention(
 }
 
 /// `task(0..n)` in order, on the rayon pool when the work (`macs`) pays for waking it.
-fn run_tasks(n: usize, macs: usize, task: impl Fn(usize) -> Vec<f32> + Sync + Send) -> Vec<Vec<f32>> {
+fn run_tasks(
+    n: usize,
+    macs: usize,
+    task: impl Fn(usize) -> Vec<f32> + Sync + Send,
+) -> Vec<Vec<f32>> {
     if macs < PARALLEL_MACS {
         return (0..n).map(task).collect();
     }
