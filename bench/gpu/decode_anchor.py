@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
 # The same shapes as PRESETS in benches/decode.rs.
@@ -54,8 +55,23 @@ def timed_generate(model, ids, new, cache):
     return dt
 
 
+def config(preset):
+    """The preset as transformers reads a config.json; returns (config, note). If this
+    transformers refuses the legacy `rope_scaling` field (5.x moved RoPE settings into
+    `rope_parameters`), the preset is built without it: RoPE scaling changes only the rotary
+    frequencies, not the work of a decode step."""
+    fields = dict(PRESETS[preset])
+    try:
+        return LlamaConfig(**fields), None
+    except Exception as e:  # noqa: BLE001 - reported in the record
+        if "rope_scaling" not in fields:
+            raise
+        fields.pop("rope_scaling")
+        return LlamaConfig(**fields), f"rope_scaling dropped: {e!r}"[:200]
+
+
 def run(preset, prompt, tokens, repeats, cache):
-    cfg = LlamaConfig(**PRESETS[preset])
+    cfg, note = config(preset)
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
@@ -72,7 +88,8 @@ def run(preset, prompt, tokens, repeats, cache):
     return {"side": "pytorch", "kind": "torch_decode", "preset": preset, "cache": cache,
             "dtype": "bf16", "prompt_tokens": prompt, "tokens": tokens,
             "tokens_per_s": statistics.median(runs), "runs": runs, "params_M": params,
-            "torch": torch.__version__, "device": torch.cuda.get_device_name()}
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": torch.cuda.get_device_name(), "note": note}
 
 
 def main():
