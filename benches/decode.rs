@@ -17,6 +17,10 @@
 //! - prefill: tokens/s of one forward over a fresh `--prefill`-token prompt (logits of the last
 //!   position only, as generation needs), timed until the chosen token is read back.
 //!
+//! Each figure is given as wall-clock tokens/s and as tokens per CPU-second of the process (all
+//! threads): on a machine shared with other jobs the first falls with the share of the cores the
+//! run gets, the second much less; the table and JSON record the thread count and load average.
+//!
 //! `--breakdown` (a build with `--features op-timing`) adds the time per token of each kind of
 //! op during decode (host time on GPUs: see `any4_llm::timing`). `--tensor-ops` turns the Flex
 //! host kernels off (every op as Burn tensor ops, the route other backends take).
