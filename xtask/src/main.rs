@@ -52,9 +52,14 @@ fn main() -> ExitCode {
             );
             println!("                 any4 vs dense matmul on one backend, same run");
             println!(
-                "  bench decode [--backend flex|cpu|wgpu|cuda] [--models PATH,...] [--tokens N] [--repeats N]"
+                "  bench decode [--backend flex|cpu|wgpu|cuda] [--models PATH,...] [--random-config smollm2-135m|llama-3.2-1b|llama-3-8b]"
             );
-            println!("                 end-to-end decode tokens/s, dense vs any4, same run");
+            println!(
+                "               [--prompt N] [--tokens N] [--prefill N] [--repeats N] [--lm-head] [--dtype f32|bf16|f16] [--no-dense] [--breakdown] [--tensor-ops]"
+            );
+            println!(
+                "                 end-to-end decode and prefill tokens/s, dense vs any4, same run (all flags: cargo bench --bench decode -- --help)"
+            );
             println!(
                 "  bench llamacpp [--threads 2[,1]] [--repeats 3] [--only gemv|decode] [--skip-build] [--out DIR] [--model GGUF]"
             );

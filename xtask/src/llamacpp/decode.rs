@@ -88,6 +88,8 @@ pub(super) fn run(
         &m,
         "--tokens",
         &n,
+        "--prefill",
+        &p,
         "--repeats",
         "5",
         "--lm-head",
@@ -109,63 +111,32 @@ pub(super) fn run(
     let rows: Vec<Value> =
         serde_json::from_str(&read(&json)?).map_err(|e| format!("{}: {e}", json.display()))?;
     let _ = fs::remove_file(&json);
-    let row = rows.first().ok_or("bench decode wrote no record")?;
-    let tps = |key: &str| {
-        row[key]
-            .as_f64()
-            .map(|v| vec![v])
-            .ok_or(format!("bench decode: no `{key}` in {row}"))
-    };
+    // One row per (weights, what): the any4 model (LM head quantized) and the dense f32 one.
     let head = Some("LM head quantized too (--lm-head)");
-    records.push(record(
-        "burn-any4",
-        "decode",
-        "any4",
-        "bench decode",
-        Some(DECODE_TOKENS),
-        tps("any4_tokens_per_s")?,
-        head,
-    ));
-    records.push(record(
-        "burn-any4",
-        "decode",
-        "dense-f32",
-        "bench decode",
-        Some(DECODE_TOKENS),
-        tps("dense_tokens_per_s")?,
-        None,
-    ));
-    // Prefill: whatever `*prefill*tokens_per_s` fields the decode bench reports (none yet).
-    for (ty, prefix, note) in [("any4", "any4", head), ("dense-f32", "dense", None)] {
-        let found = row.as_object().and_then(|obj| {
-            obj.iter().find(|(k, v)| {
-                k.starts_with(prefix)
-                    && k.contains("prefill")
-                    && k.ends_with("tokens_per_s")
-                    && v.is_f64()
-            })
-        });
-        let tokens = row["prefill_tokens"].as_u64().map(|t| t as usize);
-        records.push(match found {
-            Some((_, v)) => record(
+    for (weights, ty, note) in [("any4", "any4", head), ("dense", "dense-f32", None)] {
+        for what in ["decode", "prefill"] {
+            let row = rows
+                .iter()
+                .find(|r| r["weights"] == weights && r["what"] == what)
+                .ok_or(format!("bench decode: no {weights} {what} record"))?;
+            let samples: Vec<f64> = row["runs"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default();
+            if samples.is_empty() {
+                return Err(format!("bench decode: no runs in {row}"));
+            }
+            let tokens = row["tokens"].as_u64().map(|t| t as usize);
+            records.push(record(
                 "burn-any4",
-                "prefill",
+                what,
                 ty,
                 "bench decode",
                 tokens,
-                vec![v.as_f64().unwrap_or_default()],
+                samples,
                 note,
-            ),
-            None => record(
-                "burn-any4",
-                "prefill",
-                ty,
-                "bench decode",
-                None,
-                Vec::new(),
-                Some("not measured: benches/decode.rs reports no prefill tokens/s"),
-            ),
-        });
+            ));
+        }
     }
     Ok(records)
 }

@@ -196,7 +196,7 @@ pub(super) fn markdown(records: &[Record], o: &Opts, cx: &Context) -> String {
                 ("decode", format!("decode ({DECODE_TOKENS} tokens)")),
                 (
                     "prefill",
-                    format!("prefill ({PREFILL_TOKENS}-token prompt for llama.cpp)"),
+                    format!("prefill ({PREFILL_TOKENS}-token prompt)"),
                 ),
             ] {
                 let get = |side: &str, ty: Option<&str>| {
