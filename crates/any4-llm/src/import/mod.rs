@@ -1,7 +1,7 @@
 //! Importing GPTQ and AWQ int4 checkpoints (HF folders) into any4 folders, losslessly.
 //!
 //! An int4 group with a scale and a zero point is a special case of the any4 layout (the
-//! int4 table `0..15`, see [`unpack`]), so these checkpoints run on the any4 kernels without
+//! int4 table `0..15`, see [`unpack_layer`]), so these checkpoints run on the any4 kernels without
 //! re-quantizing: every quantized linear (`X.qweight` present) becomes an any4 layer whose
 //! dequantized weight is bit-identical to the format's `s · (q − z)`; every other tensor
 //! (embeddings, norms, a dense LM head) is copied as f32. The reading is streamed layer by
