@@ -220,9 +220,12 @@ fn random_any4(
         Distribution::Uniform(0.0, u32::MAX as f64),
         (device, DType::U32),
     );
+    let table = f32s([out, 16], Distribution::Normal(0.0, 1.0));
+    let table_i8 = any4_burn::int8_tables_tensor(&table).expect("a [out, 16] table");
     Any4Linear {
         codes: Param::initialized(ParamId::new(), codes),
-        table: frozen(f32s([out, 16], Distribution::Normal(0.0, 1.0))),
+        table_i8: Param::initialized(ParamId::new(), table_i8),
+        table: frozen(table),
         scales: frozen(f32s(
             [out, groups],
             Distribution::Normal(0.0, 1.0 / (inp as f64).sqrt()),
