@@ -17,6 +17,10 @@
 //! - prefill: tokens/s of one forward over a fresh `--prefill`-token prompt (logits of the last
 //!   position only, as generation needs), timed until the chosen token is read back.
 //!
+//! Each figure is given as wall-clock tokens/s and as tokens per CPU-second of the process (all
+//! threads): on a machine shared with other jobs the first falls with the share of the cores the
+//! run gets, the second much less; the table and JSON record the thread count and load average.
+//!
 //! `--breakdown` (a build with `--features op-timing`) adds the time per token of each kind of
 //! op during decode (host time on GPUs: see `any4_llm::timing`). `--tensor-ops` turns the Flex
 //! host kernels off (every op as Burn tensor ops, the route other backends take).
@@ -233,27 +237,60 @@ fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-/// Decode tokens/s: exactly `args.tokens` timed single-token steps after the prompt.
-fn decode(model: &Llama, args: &Args) -> Result<f64, String> {
+/// CPU time this process has used (all threads, user + system), from `/proc/self/stat` in
+/// clock ticks of 1/100 s (Linux's `USER_HZ` on x86-64); `None` where that file is missing.
+///
+/// On a machine shared with other jobs, wall-clock tokens/s fall with the share of the cores
+/// this process gets; tokens per CPU-second do not (they still feel cache and memory-bandwidth
+/// contention), so the bench reports both.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3 (`state`);
+    // utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Tokens/s: wall clock, and per CPU-second when [`cpu_seconds`] is available.
+type Speed = (f64, Option<f64>);
+
+/// Decode tokens/s: exactly `args.tokens` timed single-token steps after the prompt (CPU time
+/// from the first generated token, as `generate` times wall time).
+fn decode(model: &Llama, args: &Args) -> Result<Speed, String> {
     let prompt = random_ids(args.prompt.max(1), model.config.vocab_size, 1);
     let cfg = GenerateConfig {
         max_new_tokens: args.tokens + 1,
         ..GenerateConfig::default()
     };
-    let g = generate(model, &prompt, &cfg, &mut |_| {}).map_err(|e| e.to_string())?;
-    Ok(g.tokens_per_second)
+    let mut cpu_start = None;
+    let g = generate(model, &prompt, &cfg, &mut |_| {
+        cpu_start = cpu_start.or_else(|| Some(cpu_seconds()));
+    })
+    .map_err(|e| e.to_string())?;
+    let cpu = match (cpu_start.flatten(), cpu_seconds()) {
+        (Some(a), Some(b)) if b > a => Some(args.tokens as f64 / (b - a)),
+        _ => None,
+    };
+    Ok((g.tokens_per_second, cpu))
 }
 
 /// Prefill tokens/s: one forward over `args.prefill` tokens into a fresh cache, until the next
 /// token (chosen on the device) is read back.
-fn prefill(model: &Llama, args: &Args) -> f64 {
+fn prefill(model: &Llama, args: &Args) -> Speed {
     let ids = random_ids(args.prefill, model.config.vocab_size, 2);
     let device = model.device();
     let mut cache = model.new_cache_with_capacity(args.prefill + 1);
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
     let logits = model.forward_last(token_tensor(&ids, &device), &mut cache);
     let _ = logits.argmax(1).into_data();
-    args.prefill as f64 / start.elapsed().as_secs_f64()
+    let wall = args.prefill as f64 / start.elapsed().as_secs_f64();
+    let cpu = match (cpu_start, cpu_seconds()) {
+        (Some(a), Some(b)) if b > a => Some(args.prefill as f64 / (b - a)),
+        _ => None,
+    };
+    (wall, cpu)
 }
 
 /// One measured figure.
@@ -263,6 +300,9 @@ struct Record {
     what: &'static str,
     tokens_per_s: f64,
     runs: Vec<f64>,
+    /// Median tokens per CPU-second (all threads), when measured in every run.
+    cpu_tokens_per_s: Option<f64>,
+    cpu_runs: Vec<f64>,
     /// Linear weights read per token (MB).
     linear_mb: f64,
 }
@@ -303,13 +343,17 @@ fn measure(s: &Subject, args: &Args, out: &mut Vec<Record>) -> Result<(), String
     }
     for (i, (w, _)) in models.iter().enumerate() {
         let mb = if *w == "dense" { s.mb.0 } else { s.mb.1 };
-        let mut push = |what, runs: &Vec<f64>| {
+        let mut push = |what, runs: &Vec<Speed>| {
+            let wall: Vec<f64> = runs.iter().map(|r| r.0).collect();
+            let cpu: Option<Vec<f64>> = runs.iter().map(|r| r.1).collect();
             out.push(Record {
                 model: s.name.clone(),
                 weights: w,
                 what,
-                tokens_per_s: median(runs.clone()),
-                runs: runs.clone(),
+                tokens_per_s: median(wall.clone()),
+                runs: wall,
+                cpu_tokens_per_s: cpu.clone().map(median),
+                cpu_runs: cpu.unwrap_or_default(),
                 linear_mb: mb,
             })
         };
@@ -410,8 +454,11 @@ fn run(args: &Args) -> Result<(), String> {
 
 fn report_subject(s: &Subject, records: &[Record]) {
     for r in records.iter().filter(|r| r.model == s.name) {
+        let cpu = r
+            .cpu_tokens_per_s
+            .map_or(String::new(), |c| format!(" ({c:.1} per CPU-second)"));
         eprintln!(
-            "{} {} {}: {:.1} tokens/s",
+            "{} {} {}: {:.1} tokens/s{cpu}",
             r.model, r.weights, r.what, r.tokens_per_s
         );
     }
@@ -424,9 +471,12 @@ fn report_subject(s: &Subject, records: &[Record]) {
 fn table(args: &Args, device: &Device, records: &[Record]) -> String {
     let mut md = format!(
         "backend `{}` ({device:?}); decode: {} tokens after a {}-token prompt (greedy); prefill: \
-         {} tokens; median of {} alternating runs; LM head {}{}\n\n\
-         | model | what | dense tokens/s | any4 tokens/s | any4 / dense | linear weights dense → any4 (MB) |\n\
-         |---|---|---|---|---|---|\n",
+         {} tokens; median of {} alternating runs; LM head {}{}; threads {}; load average {} \
+         at the end\n\n\
+         Tokens per CPU-second (all threads) beside wall-clock tokens/s: on a shared machine the \
+         wall figures fall with this process's share of the cores, the CPU ones much less.\n\n\
+         | model | what | dense tokens/s | any4 tokens/s | any4 / dense | dense tok/CPU-s | any4 tok/CPU-s | any4 / dense (CPU) | linear weights dense → any4 (MB) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         args.backend,
         args.tokens,
         args.prompt,
@@ -442,6 +492,10 @@ fn table(args: &Args, device: &Device, records: &[Record]) -> String {
         } else {
             ""
         },
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| {
+            std::thread::available_parallelism().map_or("?".into(), |n| n.to_string())
+        }),
+        load_average().map_or("?".into(), |l| format!("{l:.1}")),
     );
     let mut seen = Vec::new();
     for r in records {
@@ -454,9 +508,15 @@ fn table(args: &Args, device: &Device, records: &[Record]) -> String {
             records
                 .iter()
                 .find(|x| x.model == r.model && x.what == r.what && x.weights == w)
-                .map(|x| x.tokens_per_s)
         };
-        let (d, q) = (find("dense"), find("any4"));
+        let (d, q) = (
+            find("dense").map(|x| x.tokens_per_s),
+            find("any4").map(|x| x.tokens_per_s),
+        );
+        let (dc, qc) = (
+            find("dense").and_then(|x| x.cpu_tokens_per_s),
+            find("any4").and_then(|x| x.cpu_tokens_per_s),
+        );
         let mb = |w: &str| {
             records
                 .iter()
@@ -464,17 +524,21 @@ fn table(args: &Args, device: &Device, records: &[Record]) -> String {
                 .map_or("—".to_string(), |x| format!("{:.1}", x.linear_mb))
         };
         let fmt = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.1}"));
-        let ratio = match (d, q) {
+        let ratio = |d: Option<f64>, q: Option<f64>| match (d, q) {
             (Some(d), Some(q)) => format!("{:.2}×", q / d),
             _ => "—".into(),
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {ratio} | {} → {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} → {} |",
             r.model,
             r.what,
             fmt(d),
             fmt(q),
+            ratio(d, q),
+            fmt(dc),
+            fmt(qc),
+            ratio(dc, qc),
             mb("dense"),
             mb("any4")
         );
@@ -498,13 +562,27 @@ fn write_json(
                 "lm_head_quantized": args.lm_head, "tensor_ops": args.tensor_ops,
                 "prompt_tokens": if r.what == "decode" { args.prompt } else { args.prefill },
                 "tokens": if r.what == "decode" { args.tokens } else { args.prefill },
-                "tokens_per_s": r.tokens_per_s, "runs": r.runs, "linear_mb": r.linear_mb,
-                "threads": threads})
+                "tokens_per_s": r.tokens_per_s, "runs": r.runs,
+                "cpu_tokens_per_s": r.cpu_tokens_per_s, "cpu_runs": r.cpu_runs,
+                "linear_mb": r.linear_mb, "threads": threads,
+                "rayon_threads": std::env::var("RAYON_NUM_THREADS").ok(),
+                "load_average": load_average()})
         })
         .collect();
     let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     std::fs::write(path.with_extension("md"), md).map_err(|e| format!("cannot write md: {e}"))
+}
+
+/// The 1-minute load average (`/proc/loadavg`), recorded with the figures: above the core
+/// count, other jobs were taking CPU time from the run.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn main() {

@@ -61,4 +61,4 @@ pub use pass::{
     quantize_model_sequential,
 };
 pub use pattern::LayerPattern;
-pub use weight::{Any4Weight, CpuMatmul, Route, route};
+pub use weight::{Any4Weight, CpuMatmul, Route, int8_tables_tensor, route};

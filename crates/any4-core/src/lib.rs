@@ -32,6 +32,7 @@ mod linalg;
 mod matmul;
 mod method;
 pub mod pack;
+mod panel;
 mod quantize;
 pub mod rng;
 mod simd;
@@ -42,7 +43,7 @@ pub use config::{Any4Config, Format, GroupSize, Init, KMeansConfig, ParamDtype, 
 pub use error::{Error, Result};
 pub use gptq::{GptqConfig, GroupParams, HessianFactor, TableWeights, quantize_gptq};
 pub use gram::{Gram, OutputError};
-pub use int8::MatmulPrecision;
+pub use int8::{INT8_TABLE_WORDS, Int8Kernel, Int8Table, MatmulPrecision, int8_table, int8_tables};
 pub use matmul::dense_matmul;
 pub use method::Method;
 pub use quantize::{QuantizedMatrix, Reconstruction, TABLE_LEN, quantize_matrix};

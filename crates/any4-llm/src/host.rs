@@ -231,6 +231,12 @@ const LOOP_MAX_T: usize = 4;
 ///
 /// `q`, `out`: `[batch, t, heads, head_dim]`. Masking is by index (no mask tensor); a query
 /// seeing no key gets zeros.
+///
+/// Up to [`LOOP_MAX_T`] queries (decode), one task per (batch, head) with a dot-product loop per
+/// query. Longer (prefill), one task per (batch, kv head, block of [`QUERY_BLOCK`] queries)
+/// doing all `heads / kv_heads` query heads of that kv head as one GEMM pair: the keys and
+/// values are packed once for the group instead of once per head, and the tasks (24 for a
+/// 512-token SmolLM2 prompt rather than 9 heads) balance across threads.
 pub fn attention(
     q: &[f32],
     k: &[f32],
@@ -250,51 +256,70 @@ pub fn attention(
     let rep = heads / kv_heads;
     let keys: usize = (0..t).map(|i| visible(i).len()).sum();
     let macs = 2 * batch * heads * keys * hd;
-    // One task per (batch, head): a disjoint set of `hd`-wide pieces of `out`.
-    let task = |bh: usize, out: &mut dyn FnMut(usize, &[f32])| {
-        let (b, h) = (bh / heads, bh % heads);
-        let g = h / rep;
+    let kv_head = |b: usize, g: usize| {
         let base = b * layout.batch + g * layout.head;
-        let kv = KvHead {
+        KvHead {
             k: &k[base..],
             v: &v[base..],
             slot: layout.slot,
             hd,
-        };
-        let q_row = |i: usize| &q[((b * t + i) * heads + h) * hd..][..hd];
-        if t <= LOOP_MAX_T {
-            let mut o = vec![0f32; hd];
-            for i in 0..t {
-                attend_one(&kv, q_row(i), visible(i), &mut o);
-                out(i, &o);
-            }
-        } else {
-            kv.attend_blocks(t, &q_row, visible, out);
         }
     };
     let row = |b: usize, i: usize, h: usize| ((b * t + i) * heads + h) * hd;
-    if macs < PARALLEL_MACS {
-        for bh in 0..batch * heads {
+    if t <= LOOP_MAX_T {
+        // Task (b, h): `t` rows of `hd`, query by query.
+        let task = |bh: usize| {
             let (b, h) = (bh / heads, bh % heads);
-            task(bh, &mut |i, o| out[row(b, i, h)..][..hd].copy_from_slice(o));
+            let kv = kv_head(b, h / rep);
+            let mut o = vec![0f32; t * hd];
+            for (i, o) in o.chunks_exact_mut(hd).enumerate() {
+                attend_one(&kv, &q[row(b, i, h)..][..hd], visible(i), o);
+            }
+            o
+        };
+        let results = run_tasks(batch * heads, macs, task);
+        for (bh, o) in results.iter().enumerate() {
+            let (b, h) = (bh / heads, bh % heads);
+            for (i, o) in o.chunks_exact(hd).enumerate() {
+                out[row(b, i, h)..][..hd].copy_from_slice(o);
+            }
         }
         return;
     }
-    use rayon::prelude::*;
-    let results: Vec<Vec<f32>> = (0..batch * heads)
-        .into_par_iter()
-        .map(|bh| {
-            let mut buf = vec![0f32; t * hd];
-            task(bh, &mut |i, o| buf[i * hd..][..hd].copy_from_slice(o));
-            buf
-        })
-        .collect();
-    for (bh, buf) in results.iter().enumerate() {
-        let (b, h) = (bh / heads, bh % heads);
-        for i in 0..t {
-            out[row(b, i, h)..][..hd].copy_from_slice(&buf[i * hd..][..hd]);
+    // Task (b, g, block): rows `(r, i)` for the group's heads `g·rep + r` and the block's queries.
+    let blocks = t.div_ceil(QUERY_BLOCK);
+    let span = |task: usize| {
+        let (bg, blk) = (task / blocks, task % blocks);
+        let i0 = blk * QUERY_BLOCK;
+        (bg / kv_heads, bg % kv_heads, i0..(i0 + QUERY_BLOCK).min(t))
+    };
+    let task = |task: usize| {
+        let (b, g, qs) = span(task);
+        let q_row = |r: usize, i: usize| &q[row(b, i, g * rep + r)..][..hd];
+        kv_head(b, g).attend_block(qs, rep, &q_row, visible)
+    };
+    let results = run_tasks(batch * kv_heads * blocks, macs, task);
+    for (task, o) in results.iter().enumerate() {
+        let (b, g, qs) = span(task);
+        let m = qs.len();
+        for (n, o) in o.chunks_exact(hd).enumerate() {
+            let (r, i) = (n / m, qs.start + n % m);
+            out[row(b, i, g * rep + r)..][..hd].copy_from_slice(o);
         }
     }
+}
+
+/// `task(0..n)` in order, on the rayon pool when the work (`macs`) pays for waking it.
+fn run_tasks(
+    n: usize,
+    macs: usize,
+    task: impl Fn(usize) -> Vec<f32> + Sync + Send,
+) -> Vec<Vec<f32>> {
+    if macs < PARALLEL_MACS {
+        return (0..n).map(task).collect();
+    }
+    use rayon::prelude::*;
+    (0..n).into_par_iter().map(task).collect()
 }
 
 /// The keys and values of one (batch, kv head).
@@ -332,105 +357,96 @@ impl KvHead<'_> {
         out.iter_mut().for_each(|o| *o *= inv);
     }
 
-    /// Queries `0..t` in blocks of [`QUERY_BLOCK`]: `S = Q·Kᵀ` and `O = P·V` as GEMMs over the
-    /// union of the block's visible slots, each row masked to its own slots.
-    fn attend_blocks<'q>(
+    /// Queries `qs` of `rep` query heads sharing these keys: `S = Q·Kᵀ` and `O = P·V` as GEMMs
+    /// with `rep·|qs|` rows over the union of the block's visible slots, each row masked to its
+    /// query's own slots. `q_row(r, i)`: query `i` of head `r`. Returns `O`, rows `(r, i)`
+    /// (head-major), `hd` wide.
+    fn attend_block<'q>(
         &self,
-        t: usize,
-        q_row: &dyn Fn(usize) -> &'q [f32],
+        qs: std::ops::Range<usize>,
+        rep: usize,
+        q_row: &dyn Fn(usize, usize) -> &'q [f32],
         visible: &(dyn Fn(usize) -> std::ops::Range<usize> + Sync),
-        out: &mut dyn FnMut(usize, &[f32]),
-    ) {
+    ) -> Vec<f32> {
         let hd = self.hd;
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut qb = vec![0f32; QUERY_BLOCK * hd];
-        let mut ob = vec![0f32; QUERY_BLOCK * hd];
-        let mut s = Vec::new();
-        for i0 in (0..t).step_by(QUERY_BLOCK) {
-            let i1 = (i0 + QUERY_BLOCK).min(t);
-            let m = i1 - i0;
-            let lo = (i0..i1).map(|i| visible(i).start).min().unwrap_or(0);
-            let hi = (i0..i1).map(|i| visible(i).end).max().unwrap_or(0);
-            if hi <= lo {
-                ob[..hd].fill(0.0);
-                (i0..i1).for_each(|i| out(i, &ob[..hd]));
-                continue;
-            }
-            let n = hi - lo;
-            for i in i0..i1 {
-                qb[(i - i0) * hd..][..hd].copy_from_slice(q_row(i));
-            }
-            s.clear();
-            s.resize(m * n, 0.0);
-            // SAFETY: S is m × n (row stride n), Q m × hd (row stride hd), Kᵀ hd × n read from
-            // the key slots lo..hi (column j at slot lo + j), all in bounds of their slices.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    hd,
-                    s.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    qb.as_ptr(),
-                    1,
-                    hd as isize,
-                    self.k[lo * self.slot..].as_ptr(),
-                    self.slot as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            let mut sums = [0f32; QUERY_BLOCK];
-            for (r, i) in (i0..i1).enumerate() {
-                let row = &mut s[r * n..(r + 1) * n];
-                let vis = visible(i);
-                let (a, b) = (
-                    vis.start.max(lo) - lo,
-                    vis.end.min(hi).max(vis.start.max(lo)) - lo,
-                );
-                let max = row[a..b].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                row[..a].fill(0.0);
-                row[b..].fill(0.0);
-                sums[r] = exp_shifted(&mut row[a..b], max);
-            }
-            // SAFETY: O is m × hd, P m × n (row stride n), V n × hd from slots lo..hi.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    hd,
-                    n,
-                    ob.as_mut_ptr(),
-                    1,
-                    hd as isize,
-                    false,
-                    s.as_ptr(),
-                    1,
-                    n as isize,
-                    self.v[lo * self.slot..].as_ptr(),
-                    1,
-                    self.slot as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            for (r, i) in (i0..i1).enumerate() {
-                let o = &mut ob[r * hd..(r + 1) * hd];
-                let inv = if sums[r] > 0.0 { 1.0 / sums[r] } else { 0.0 };
-                o.iter_mut().for_each(|x| *x *= inv);
-                out(i, o);
-            }
+        let (qm, m) = (qs.len(), rep * qs.len());
+        let mut ob = vec![0f32; m * hd];
+        let lo = qs.clone().map(|i| visible(i).start).min().unwrap_or(0);
+        let hi = qs.clone().map(|i| visible(i).end).max().unwrap_or(0);
+        if hi <= lo {
+            return ob;
         }
+        let n = hi - lo;
+        let mut qb = vec![0f32; m * hd];
+        for (x, dst) in qb.chunks_exact_mut(hd).enumerate() {
+            dst.copy_from_slice(q_row(x / qm, qs.start + x % qm));
+        }
+        let mut s = vec![0f32; m * n];
+        // SAFETY: S is m × n (row stride n), Q m × hd (row stride hd), Kᵀ hd × n read from the
+        // key slots lo..hi (column j at slot lo + j), all in bounds of their slices.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                hd,
+                s.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                qb.as_ptr(),
+                1,
+                hd as isize,
+                self.k[lo * self.slot..].as_ptr(),
+                self.slot as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        let mut inv = vec![0f32; m];
+        for (x, row) in s.chunks_exact_mut(n).enumerate() {
+            let vis = visible(qs.start + x % qm);
+            let a = vis.start.max(lo) - lo;
+            let b = vis.end.min(hi).max(a + lo) - lo;
+            let max = row[a..b].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            row[..a].fill(0.0);
+            row[b..].fill(0.0);
+            let sum = exp_shifted(&mut row[a..b], max);
+            inv[x] = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+        }
+        // SAFETY: O is m × hd, P m × n (row stride n), V n × hd from slots lo..hi.
+        unsafe {
+            gemm::gemm(
+                m,
+                hd,
+                n,
+                ob.as_mut_ptr(),
+                1,
+                hd as isize,
+                false,
+                s.as_ptr(),
+                1,
+                n as isize,
+                self.v[lo * self.slot..].as_ptr(),
+                1,
+                self.slot as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for (o, inv) in ob.chunks_exact_mut(hd).zip(inv) {
+            o.iter_mut().for_each(|x| *x *= inv);
+        }
+        ob
     }
 }
 

@@ -220,9 +220,12 @@ fn random_any4(
         Distribution::Uniform(0.0, u32::MAX as f64),
         (device, DType::U32),
     );
+    let table = f32s([out, 16], Distribution::Normal(0.0, 1.0));
+    let table_i8 = any4_burn::int8_tables_tensor(&table).expect("a [out, 16] table");
     Any4Linear {
         codes: Param::initialized(ParamId::new(), codes),
-        table: frozen(f32s([out, 16], Distribution::Normal(0.0, 1.0))),
+        table_i8: Param::initialized(ParamId::new(), table_i8),
+        table: frozen(table),
         scales: frozen(f32s(
             [out, groups],
             Distribution::Normal(0.0, 1.0 / (inp as f64).sqrt()),
@@ -464,14 +467,18 @@ impl Llama {
     /// which is extended: prefill with the whole prompt, then decode one token at a time.
     /// All sequences of a batch share positions (no padding).
     pub fn forward(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
-        self.head(self.run(tokens, Some(cache), false))
+        ops::on_pool(&tokens.device(), tokens.dims().iter().product(), || {
+            self.head(self.run(tokens, Some(cache), false))
+        })
     }
 
     /// As [`forward`](Self::forward), but only the logits of the last new position,
     /// `[batch, vocab]`: what generation needs, and the LM head runs on one row instead of
     /// `new` (for a 512-token prompt of a 135M model the head is a fifth of the work).
     pub fn forward_last(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<2> {
-        let logits = self.head(self.run(tokens, Some(cache), true));
+        let logits = ops::on_pool(&tokens.device(), tokens.dims().iter().product(), || {
+            self.head(self.run(tokens, Some(cache), true))
+        });
         let [b, _, v] = logits.dims();
         logits.reshape([b, v])
     }
@@ -479,7 +486,9 @@ impl Llama {
     /// Logits `[batch, len, vocab]` for whole sequences from position 0, without a cache
     /// (perplexity, calibration).
     pub fn forward_all(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        self.head(self.run(tokens, None, false))
+        ops::on_pool(&tokens.device(), tokens.dims().iter().product(), || {
+            self.head(self.run(tokens, None, false))
+        })
     }
 
     /// One-shot calibration: per-channel input means of every linear layer over `tokens`.

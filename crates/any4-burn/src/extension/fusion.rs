@@ -90,13 +90,14 @@ fn check_weight<B: FusionBackend>(
         ("table", &w.table),
         ("scales", &w.scales),
         ("zeros", &w.zeros),
+        ("table_i8", &w.table_i8),
     ] {
         let on = t.client.device();
         assert!(
             on == device,
             "{op} (Fusion): {what} is on {on:?} but the input is on {device:?}"
         );
-        let ok = if what == "codes" {
+        let ok = if what == "codes" || what == "table_i8" {
             is_code(t.dtype)
         } else {
             is_float(t.dtype)
@@ -137,6 +138,7 @@ struct WeightIr {
     table: TensorIr,
     scales: TensorIr,
     zeros: TensorIr,
+    table_i8: TensorIr,
     shape: [usize; 2],
     group: GroupSize,
     cpu: CpuMatmul,
@@ -158,6 +160,7 @@ impl WeightIr {
             table: input(w.table),
             scales: input(w.scales),
             zeros: input(w.zeros),
+            table_i8: input(w.table_i8),
             shape: w.shape,
             group: w.group,
             cpu: w.cpu,
@@ -171,6 +174,7 @@ impl WeightIr {
             table: handles.get_float_tensor::<B>(&self.table),
             scales: handles.get_float_tensor::<B>(&self.scales),
             zeros: handles.get_float_tensor::<B>(&self.zeros),
+            table_i8: handles.get_int_tensor::<B>(&self.table_i8),
             shape: self.shape,
             group: self.group,
             cpu: self.cpu,
@@ -265,7 +269,7 @@ impl<B: FusionBackend + Any4Backend> Any4Backend for Fusion<B> {
 
         // The inner impl returns the dense `[rows, cols]` weight in the table's dtype.
         let output = TensorIr::uninit(client.create_empty_handle(), Shape::new(w.shape), dtype);
-        let mut inputs = Vec::with_capacity(4);
+        let mut inputs = Vec::with_capacity(5);
         let w = WeightIr::record::<B>(w, &mut inputs);
         let op = DequantizeOp::<B> {
             w,

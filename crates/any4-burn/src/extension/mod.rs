@@ -52,6 +52,9 @@ pub struct Any4WeightPrimitive<B: Backend> {
     pub group: GroupSize,
     /// How a CPU backend treats activations.
     pub cpu: CpuMatmul,
+    /// Derived from `table` when the weight is built: the int8 tables of the CPU int8 path,
+    /// `[1 or rows, any4_core::INT8_TABLE_WORDS]` u32 (see `any4_core::int8_tables`).
+    pub table_i8: IntTensor<B>,
 }
 
 /// The any4 operations a backend provides (Flex: any4-core CPU path; Cube: any4-kernels).
