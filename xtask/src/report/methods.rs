@@ -180,9 +180,8 @@ What the SmolLM2 rows say (group 128; dense 46.12 PTB / 28.78 Botchan):
   (1.101×, the best Botchan row), for +0.019 bits/weight (the f32 input multipliers of o_proj
   and down_proj; those of q/k/v and gate/up fold into the RMSNorms for free).
 - **Both together** give the best Botchan row, 31.48 (1.094×), but PTB 50.53 (1.096×), worse
-  than error feedback alone: the scales are searched by each layer's own output error with
-  error feedback inside the search, and the combination fits the calibration mix more evenly,
-  giving back part of the in-domain gain. No combination reaches 1.07× on both texts at 4.65
+  than error feedback alone (the scales are searched per layer input with error feedback
+  inside the search; why that gives back part of the PTB gain is not tested here). No combination reaches 1.07× on both texts at 4.65
   bits (targets: ≤ 1.07×; best per text: PTB 1.068× with `gptq`, Botchan 1.094× with both).
 - **Cost**: on this shared 2-core machine (load average 11–19 from other jobs while measuring) the
   error-feedback pass took 73 s and the scale search 165 s of wall time, the 16k-token
