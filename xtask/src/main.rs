@@ -8,6 +8,7 @@ mod fetch;
 mod gpu;
 mod plot;
 mod report;
+mod sass;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
             "gpu-kit",
             gpu::kit(args.get(1).map_or("tests", String::as_str)),
         ),
+        Some("sass") => report_result("sass", sass::sass(&args[1..])),
         Some("report") => match args.get(1).map(String::as_str) {
             Some("accuracy") => report_result("report accuracy", report::accuracy(&args[2..])),
             _ => {
@@ -65,6 +67,9 @@ fn main() -> ExitCode {
                 "  plot kernels [FILE.json...]  bench/results/kernels-*.json → bench/results/kernels.png"
             );
             println!("  ci             run .ci/run (what CI runs)");
+            println!(
+                "  sass [KERNEL...] [--shape NxKxG] [--out FILE]  CUDA kernels → nvcc sm_90a → SASS figures (no GPU)"
+            );
             println!(
                 "  gpu-kit tests|benches  build that part of the GPU check into target/gpu-kit (run.sh on a device)"
             );
