@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use any4_burn::{CALIBRATION_PROMPT, QuantizeConfig, quantize};
+use any4_burn::{CALIBRATION_PROMPT, QuantizeConfig, quantize_model};
 use any4_core::{Any4Config, Format};
 use any4_llm::{GenerateConfig, Llama, generate, load_auto, token_tensor};
 use burn::tensor::Device;
@@ -63,21 +63,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-fn device(name: &str) -> Result<Device, String> {
-    match name {
-        "flex" => Ok(Device::flex()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
-        #[cfg(feature = "cpu")]
-        "cpu" => Ok(Device::cpu()),
-        #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
-        other => Err(format!(
-            "backend `{other}` is not compiled in (add `--features {other}`)"
-        )),
-    }
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -108,7 +93,7 @@ fn bench_model(path: &Path, args: &Args, device: &Device) -> Result<Row, String>
     );
     let stats = qmodel.calibrate(calib);
     let cfg = QuantizeConfig::new(Any4Config::new(Format::Any4)).with_lm_head(args.lm_head);
-    let (qmodel, report) = quantize(qmodel, &cfg, Some(&stats)).map_err(|e| err(&e))?;
+    let (qmodel, report) = quantize_model(qmodel, &cfg, Some(&stats)).map_err(|e| err(&e))?;
     let prompt = tok
         .encode("The capital of France is", true)
         .map_err(|e| err(&e))?;
@@ -149,7 +134,7 @@ fn main() {
         eprintln!("bench decode: {e}");
         std::process::exit(2)
     });
-    let device = device(&args.backend).unwrap_or_else(|e| {
+    let device = any4_burn::device_from_name(&args.backend).unwrap_or_else(|e| {
         eprintln!("bench decode: {e}");
         std::process::exit(2)
     });

@@ -25,7 +25,7 @@ use std::time::Instant;
 use any4_burn::Any4Linear;
 use any4_core::rng::SplitMix64;
 use any4_core::{Any4Config, Format, GroupSize, QuantizedMatrix};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 /// Bytes each side's rotation should exceed.
 const ROTATION_BYTES: usize = 128 << 20;
@@ -121,21 +121,6 @@ fn parse_args() -> Result<Args, String> {
         return Err("--repeats and every --batch must be at least 1".into());
     }
     Ok(a)
-}
-
-fn device(backend: &str) -> Result<Device, String> {
-    match backend {
-        "flex" => Ok(Device::flex()),
-        #[cfg(feature = "cpu")]
-        "cpu" => Ok(Device::cpu()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
-        #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
-        other => Err(format!(
-            "backend `{other}` is not compiled in: build with `--features {other}` (flex is always on)"
-        )),
-    }
 }
 
 fn dtype_name(d: DType) -> &'static str {
@@ -249,7 +234,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let dev = match device(&args.backend) {
+    let dev = match any4_burn::device_from_name(&args.backend) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("bench kernels: {e}");

@@ -7,6 +7,6 @@
 #![warn(missing_docs)]
 
 pub use any4_burn as burn;
-pub use any4_burn::{Calibrator, QLinear, QuantizeConfig, quantize};
+pub use any4_burn::{Calibrator, QLinear, QuantizeConfig, quantize_model};
 pub use any4_core as core;
-pub use any4_core::{Any4Config, Any4Error, Format, GroupSize, QuantizedMatrix, Scaling};
+pub use any4_core::{Any4Config, Format, GroupSize, QuantizedMatrix, Scaling};

@@ -15,13 +15,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use any4_burn::{CALIBRATION_PROMPT, QuantizeConfig, Report, quantize, quantize_sequential};
+use any4_burn::{
+    CALIBRATION_PROMPT, QuantizeConfig, Report, quantize_model, quantize_model_sequential,
+};
 use any4_core::{Any4Config, Format, GroupSize};
 use any4_llm::{
     GenerateConfig, Generation, Llama, Perplexity, PerplexityConfig, Tokenizer, generate,
     load_auto, perplexity, token_tensor,
 };
-use burn::tensor::Device;
 
 struct Args {
     model: PathBuf,
@@ -34,23 +35,6 @@ struct Args {
     seq_len: usize,
     windows: usize,
     backend: String,
-}
-
-/// The Burn device for `--backend` (CubeCL runtimes need the matching cargo feature).
-fn device(name: &str) -> Result<Device, Box<dyn Error>> {
-    match name {
-        "flex" => Ok(Device::flex()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
-        #[cfg(feature = "cpu")]
-        "cpu" => Ok(Device::cpu()),
-        #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
-        "wgpu" | "cpu" | "cuda" => {
-            Err(format!("backend `{name}` is not compiled in: add `--features {name}`").into())
-        }
-        other => Err(format!("unknown backend `{other}` (flex, wgpu, cpu, cuda)").into()),
-    }
 }
 
 fn parse_args(default_model: &str) -> Result<Args, Box<dyn Error>> {
@@ -155,7 +139,7 @@ fn eval(model: &Llama, tok: &Tokenizer, text: &str, cfg: &PerplexityConfig) -> P
 pub fn run(default_model: &str) -> Result<(), Box<dyn Error>> {
     let args = parse_args(default_model)?;
     let start = Instant::now();
-    let device = device(&args.backend)?;
+    let device = any4_burn::device_from_name(&args.backend)?;
     let (model, tok) = load_auto(&args.model, &device)?;
     let c = &model.config;
     println!(
@@ -202,11 +186,11 @@ pub fn run(default_model: &str) -> Result<(), Box<dyn Error>> {
         args.group.size().map_or("row".into(), |g| g.to_string())
     );
     let (qmodel, report): (Llama, Report) = if args.sequential {
-        quantize_sequential(model, &qcfg, &calib)?
+        quantize_model_sequential(model, &qcfg, &calib)?
     } else {
         let mut model = model;
         let stats = model.calibrate(calib);
-        quantize(model, &qcfg, Some(&stats))?
+        quantize_model(model, &qcfg, Some(&stats))?
     };
     println!(
         "  {}",

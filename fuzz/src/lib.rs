@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use any4_burn::{QLinear, QuantizeConfig, impl_qlinear_container, quantize, save};
+use any4_burn::{QLinear, QuantizeConfig, impl_qlinear_container, quantize_model, save};
 use any4_core::{Any4Config, Format, GroupSize, ParamDtype};
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -102,9 +102,9 @@ impl Tiny {
 
 fn quantized_tiny(seed: u64, up: Any4Config, down: Option<Any4Config>) -> Tiny {
     let only = |p: &str, c: Any4Config| QuantizeConfig::new(c).include(p).expect("valid pattern");
-    let (mut model, _) = quantize(Tiny::new(seed), &only("up", up), None).expect("quantize up");
+    let (mut model, _) = quantize_model(Tiny::new(seed), &only("up", up), None).expect("quantize up");
     if let Some(c) = down {
-        model = quantize(model, &only("down", c), None)
+        model = quantize_model(model, &only("down", c), None)
             .expect("quantize down")
             .0;
     }

@@ -9,7 +9,7 @@ use thiserror::Error;
 pub enum Error {
     /// The numerics refused a layer (NaN weights, bad shapes, ...).
     #[error("{0}")]
-    Core(#[from] any4_core::Any4Error),
+    Core(#[from] any4_core::Error),
     /// The same, with the layer it happened in.
     #[error("layer `{layer}`: {source}")]
     Layer {
@@ -49,6 +49,9 @@ pub enum Error {
         /// The value.
         value: f32,
     },
+    /// A backend name that is unknown or not compiled in.
+    #[error("{0}")]
+    Backend(String),
     /// A checkpoint that is not valid, with the file and what is wrong.
     #[error("{}: {reason}", path.display())]
     Checkpoint {

@@ -10,14 +10,14 @@
 //! (see [`route`]).
 //!
 //! ```
-//! use any4_burn::{quantize, QLinear, QuantizeConfig};
+//! use any4_burn::{quantize_model, QLinear, QuantizeConfig};
 //! use burn::tensor::{Device, Tensor};
 //!
 //! let device = Device::flex();
 //! let layer = QLinear::init(256, 64, true, &device);
 //! let x = Tensor::<2>::ones([3, 256], &device);
 //! let dense = layer.forward(x.clone());
-//! let (layer, report) = quantize(layer, &QuantizeConfig::default(), None)?;
+//! let (layer, report) = quantize_model(layer, &QuantizeConfig::default(), None)?;
 //! assert!(layer.is_quantized());
 //! let y = layer.forward(x);
 //! assert_eq!(y.dims(), dense.dims());
@@ -26,28 +26,32 @@
 //! ```
 #![warn(missing_docs)]
 
+mod atomic;
 mod calib;
 mod checkpoint;
-#[cfg(feature = "cube")]
-mod cube;
+mod device;
 mod error;
+mod extension;
 mod linear;
 mod pass;
 mod pattern;
 mod weight;
 
+pub use atomic::{write_atomically, write_file_atomically};
 pub use calib::{CALIBRATION_PROMPT, CalibrationStats, Calibrator, ChannelSums, Probe};
 pub use checkpoint::{
-    CHECKPOINT_FORMAT, Checkpoint, LayerInfo, QuantizationConfig, SCHEMA_VERSION, bytes_to_f32,
-    check_finite, save, write_atomically, write_file_atomically,
+    CHECKPOINT_FORMAT, Checkpoint, CheckpointMeta, LayerInfo, SCHEMA_VERSION, bytes_to_f32,
+    check_finite, save,
 };
+pub use device::{BACKENDS, device_from_name};
 pub use error::{Error, Result};
+pub use extension::{Any4Backend, Any4WeightPrimitive};
 pub use linear::{
     Any4Linear, CalibratingLinear, QLinear, QLinearContainer, join_path, qlinear_paths,
     transposed_contiguous,
 };
 pub use pass::{
-    BlockwiseModel, LayerReport, QuantizeConfig, Report, quantize, quantize_sequential,
+    BlockwiseModel, LayerReport, QuantizeConfig, Report, quantize_model, quantize_model_sequential,
 };
 pub use pattern::LayerPattern;
-pub use weight::{Any4Backend, Any4Tensors, Any4Weight, CpuMatmul, Route, route};
+pub use weight::{Any4Weight, CpuMatmul, Route, route};

@@ -7,7 +7,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::calib::Probe;
 use crate::error::{Error, Result};
-use crate::weight::{Any4Tensors, CpuMatmul};
+use crate::weight::{Any4Weight, CpuMatmul};
 
 /// A linear layer whose weight is stored in any4 form (frozen; the bias stays dense).
 #[derive(Module, Debug)]
@@ -62,9 +62,9 @@ impl Any4Linear {
         }
     }
 
-    /// The tensors as the extension consumes them.
-    pub fn tensors(&self) -> Any4Tensors {
-        Any4Tensors {
+    /// The weight's device tensors (what the matmul and dequantize run on).
+    pub fn weight(&self) -> Any4Weight {
+        Any4Weight {
             codes: self.codes.val(),
             table: self.table.val(),
             scales: self.scales.val(),
@@ -91,7 +91,7 @@ impl Any4Linear {
 
     /// `x · Wᵀ + b` over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = self.tensors().matmul(x);
+        let y = self.weight().matmul(x);
         match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
             None => y,
@@ -157,13 +157,15 @@ impl QLinear {
         )
     }
 
-    /// `[d_input, d_output]`.
+    /// `[d_output, d_input]`, the `[out, in]` order of weights everywhere in burn-any4 (Burn's
+    /// own `Linear` stores its weight `[in, out]`; that layout never leaks out of this type).
     pub fn dims(&self) -> [usize; 2] {
         match self {
             QLinear::Dense(l) | QLinear::Calibrating(CalibratingLinear { linear: l, .. }) => {
-                l.weight.val().dims()
+                let [d_in, d_out] = l.weight.val().dims();
+                [d_out, d_in]
             }
-            QLinear::Quant(q) => [q.d_input, q.d_output],
+            QLinear::Quant(q) => [q.d_output, q.d_input],
         }
     }
 
@@ -190,7 +192,7 @@ impl QLinear {
             QLinear::Dense(l) | QLinear::Calibrating(CalibratingLinear { linear: l, .. }) => {
                 l.weight.val().transpose()
             }
-            QLinear::Quant(q) => q.tensors().dequantize(),
+            QLinear::Quant(q) => q.weight().dequantize(),
         }
     }
 

@@ -1,9 +1,9 @@
 //! The quantization pass: every selected dense `QLinear` of a model becomes an any4 layer.
 //!
 //! Two calibration modes (ANY4.md §3):
-//! - **one-shot** ([`quantize`]): statistics from the full-precision model, collected by the
+//! - **one-shot** ([`quantize_model`]): statistics from the full-precision model, collected by the
 //!   caller with a [`Calibrator`](crate::Calibrator) in one forward pass (or none: unweighted);
-//! - **sequential** ([`quantize_sequential`]): block by block, each block calibrated on the
+//! - **sequential** ([`quantize_model_sequential`]): block by block, each block calibrated on the
 //!   output of the already-quantized blocks before it — one forward per block to record, one
 //!   through the quantized block to move on, instead of the reference's forward per linear.
 //!
@@ -13,7 +13,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use any4_core::{Any4Config, quantize as quantize_matrix};
+use any4_core::{Any4Config, quantize_matrix};
 use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -298,7 +298,7 @@ fn quantize_selected(
 
 /// One-shot pass: quantize every selected dense layer of `model`, weighting k-means by `stats`
 /// (from a [`Calibrator`] run on the full-precision model) or unweighted when `None`.
-pub fn quantize<M: QLinearContainer>(
+pub fn quantize_model<M: QLinearContainer>(
     mut model: M,
     cfg: &QuantizeConfig,
     stats: Option<&CalibrationStats>,
@@ -332,7 +332,7 @@ pub trait BlockwiseModel: QLinearContainer {
 }
 
 /// Sequential pass: block `i` is calibrated on the outputs of blocks `0..i` already quantized.
-pub fn quantize_sequential<M: BlockwiseModel>(
+pub fn quantize_model_sequential<M: BlockwiseModel>(
     mut model: M,
     cfg: &QuantizeConfig,
     input: &M::Input,

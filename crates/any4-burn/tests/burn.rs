@@ -6,9 +6,7 @@
 
 use any4_burn::*;
 use any4_core::rng::SplitMix64;
-use any4_core::{
-    Any4Config, Format, GroupSize, QuantizedMatrix, Scaling, quantize as quantize_matrix,
-};
+use any4_core::{Any4Config, Format, GroupSize, QuantizedMatrix, Scaling, quantize_matrix};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -83,7 +81,7 @@ fn flex_extension_matches_core_and_portable_paths() {
                     "{format} {rows}x{cols} g{group} m{m}: extension != core"
                 );
                 let portable = to_vec(
-                    tensor2(x, [m, cols]).matmul(layer.tensors().dequantize_portable().transpose()),
+                    tensor2(x, [m, cols]).matmul(layer.weight().dequantize_portable().transpose()),
                 );
                 assert!(
                     max_rel_diff(&portable, &expect) < F32_SUM_TOL,
@@ -114,11 +112,8 @@ fn flex_extension_matches_core_and_portable_paths() {
                 "{format}: int8 path far from exact"
             );
             // Dequantize: extension and portable paths both equal the core reference exactly.
-            assert_eq!(to_vec(layer.tensors().dequantize()), q.dequantize());
-            assert_eq!(
-                to_vec(layer.tensors().dequantize_portable()),
-                q.dequantize()
-            );
+            assert_eq!(to_vec(layer.weight().dequantize()), q.dequantize());
+            assert_eq!(to_vec(layer.weight().dequantize_portable()), q.dequantize());
         }
     }
 }
@@ -138,7 +133,7 @@ fn three_dimensional_inputs_and_bias() {
     assert_eq!(y.dims(), [2, 5, rows]);
     let expect = x
         .reshape([10, cols])
-        .matmul(layer.tensors().dequantize().transpose())
+        .matmul(layer.weight().dequantize().transpose())
         + bias.unsqueeze();
     assert!(max_rel_diff(&to_vec(y.reshape([10, rows])), &to_vec(expect)) < F32_SUM_TOL);
 }
@@ -296,7 +291,7 @@ fn pass_skips_excluded_layers_and_stays_close() {
         let _ = model.forward(x.clone());
         let stats = cal.detach(&mut model);
         let cfg = QuantizeConfig::new(Any4Config::new(format).with_scaling(Scaling::Asymmetric));
-        let (model, report) = quantize(model, &cfg, Some(&stats)).unwrap();
+        let (model, report) = quantize_model(model, &cfg, Some(&stats)).unwrap();
         assert!(model.up.is_quantized() && model.down.is_quantized());
         assert!(
             !model.lm_head.is_quantized(),
@@ -326,7 +321,7 @@ fn pass_skips_excluded_layers_and_stays_close() {
 fn pass_reports_missing_statistics_and_bad_patterns() {
     let model = Mlp::new(5);
     let empty = CalibrationStats::default();
-    let err = quantize(model, &QuantizeConfig::default(), Some(&empty)).unwrap_err();
+    let err = quantize_model(model, &QuantizeConfig::default(), Some(&empty)).unwrap_err();
     assert!(
         matches!(err, Error::MissingStats(ref p) if p == "up"),
         "{err}"
@@ -340,7 +335,7 @@ fn pass_reports_missing_statistics_and_bad_patterns() {
     let mut w = randn(256 * 128, 7, 0.1);
     w[5] = f32::NAN;
     model.up = QLinear::from_hf(tensor2(w, [256, 128]), None);
-    let err = quantize(model, &QuantizeConfig::default(), None).unwrap_err();
+    let err = quantize_model(model, &QuantizeConfig::default(), None).unwrap_err();
     assert!(
         err.to_string().contains("layer `up`") && err.to_string().contains("row 0, column 5"),
         "{err}"
@@ -386,7 +381,7 @@ fn sequential_pass_quantizes_block_by_block() {
     let cfg = QuantizeConfig::new(Any4Config::new(Format::Any4))
         .include("layers.*")
         .unwrap();
-    let (model, report) = quantize_sequential(model, &cfg, &x).unwrap();
+    let (model, report) = quantize_model_sequential(model, &cfg, &x).unwrap();
     assert!(model.layers.iter().all(QLinear::is_quantized));
     assert!(!model.lm_head.is_quantized());
     let paths: Vec<&str> = report.layers.iter().map(|l| l.path.as_str()).collect();
@@ -409,7 +404,7 @@ fn quantized_mlp(seed: u64) -> Mlp {
     let _ = model.forward(x);
     let stats = cal.detach(&mut model);
     let cfg = QuantizeConfig::new(Any4Config::new(Format::Any4));
-    quantize(model, &cfg, Some(&stats)).unwrap().0
+    quantize_model(model, &cfg, Some(&stats)).unwrap().0
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -738,7 +733,7 @@ fn check_dequantize(dev: &Device) {
             let q = quantized(format, rows, cols, group);
             let got = to_vec(
                 Any4Linear::from_quantized(&q, None, dev)
-                    .tensors()
+                    .weight()
                     .dequantize(),
             );
             let want = q.dequantize();
@@ -870,7 +865,7 @@ fn check_half_inputs(dev: &Device) {
 /// every backend refuses them with a message naming the tensor, never reads out of bounds.
 fn check_inconsistent_weight_panics(dev: &Device) {
     let q = quantized(Format::Int4, 32, 128, 32);
-    let mut bad = Any4Linear::from_quantized(&q, None, dev).tensors();
+    let mut bad = Any4Linear::from_quantized(&q, None, dev).weight();
     bad.scales = bad.scales.slice([0..32, 0..2]);
     let x = tensor_on(randn(128, 1, 1.0), [1, 128], dev);
     let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bad.matmul(x)))

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use any4_burn::{
     CALIBRATION_PROMPT, Calibrator, Checkpoint, QLinear, QLinearContainer, QuantizeConfig,
-    check_finite, quantize, quantize_sequential,
+    check_finite, quantize_model, quantize_model_sequential,
 };
 use any4_core::{Any4Config, Format, GroupSize, ParamDtype, Scaling, Solver};
 use any4_llm::{
@@ -117,26 +117,11 @@ enum Backend {
 
 impl Backend {
     fn device(self) -> AnyResult<Device> {
-        match self {
-            Backend::Flex => Ok(Device::flex()),
-            #[cfg(feature = "cpu")]
-            Backend::Cpu => Ok(Device::cpu()),
-            #[cfg(feature = "wgpu")]
-            Backend::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
-            #[cfg(feature = "cuda")]
-            Backend::Cuda => Ok(Device::cuda(0)),
-            #[allow(unreachable_patterns)]
-            other => {
-                let name = other
-                    .to_possible_value()
-                    .map(|v| v.get_name().to_string())
-                    .unwrap_or_default();
-                Err(format!(
-                    "backend `{name}` is not compiled in: rebuild with `--features {name}`"
-                )
-                .into())
-            }
-        }
+        let name = self
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        Ok(any4_burn::device_from_name(&name)?)
     }
 }
 
@@ -311,13 +296,13 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     ids.truncate(a.calib_tokens.max(2));
     let tokens = token_tensor(&ids, device);
     let (mut model, report) = if a.sequential {
-        quantize_sequential(model, &cfg, &tokens)?
+        quantize_model_sequential(model, &cfg, &tokens)?
     } else {
         let mut calibrator = Calibrator::new();
         calibrator.attach(&mut model, |p| cfg.selects(p));
         let _ = model.forward_all(tokens);
         let stats = calibrator.detach(&mut model);
-        quantize(model, &cfg, Some(&stats))?
+        quantize_model(model, &cfg, Some(&stats))?
     };
     let qc = save_any4(&a.out, &mut model, &tokenizer)?;
     if a.json {

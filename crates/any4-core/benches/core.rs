@@ -9,7 +9,7 @@
 
 use any4_core::rng::SplitMix64;
 use any4_core::{
-    Any4Config, Format, MatmulPrecision, QuantizedMatrix, Solver, dense_matmul, quantize,
+    Any4Config, Format, MatmulPrecision, QuantizedMatrix, Solver, dense_matmul, quantize_matrix,
 };
 use divan::Bencher;
 
@@ -48,7 +48,7 @@ fn quantize_4096x4096(bencher: Bencher, which: &str) {
         "any4-exact" => Any4Config::new(Format::Any4).with_solver(Solver::Exact),
         other => Any4Config::new(other.parse().expect("format name")),
     };
-    bencher.bench(|| quantize(&w, [K4096, K4096], Some(&s), &cfg).expect("quantize"));
+    bencher.bench(|| quantize_matrix(&w, [K4096, K4096], Some(&s), &cfg).expect("quantize"));
 }
 
 /// Enough copies of `bytes_each` to exceed 128 MB (4× this machine's L3).
@@ -70,7 +70,7 @@ fn shape(i: usize) -> Shapes {
 
 fn quantized(n: usize, k: usize) -> QuantizedMatrix {
     let w = student_t(n, k, 2);
-    quantize(&w, [n, k], None, &Any4Config::new(Format::Int4)).expect("quantize")
+    quantize_matrix(&w, [n, k], None, &Any4Config::new(Format::Int4)).expect("quantize")
 }
 
 /// Batch-1 matmul, any4 layout (an int4 table costs the same as a learned one: same kernel).

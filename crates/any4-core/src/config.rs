@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Any4Error, Result};
+use crate::error::{Error, Result};
 
 /// The numeric format: which 16-entry (or 2^N-entry) table the 4-bit codes index.
 ///
@@ -92,12 +92,12 @@ impl fmt::Display for Format {
 }
 
 impl FromStr for Format {
-    type Err = Any4Error;
+    type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         Format::ALL
             .into_iter()
             .find(|f| f.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| Any4Error::UnknownName {
+            .ok_or_else(|| Error::UnknownName {
                 kind: "format",
                 name: s.to_string(),
                 expected: "any4, any3, any2, int4, nf4, fp4",
@@ -116,12 +116,12 @@ pub enum Scaling {
 }
 
 impl FromStr for Scaling {
-    type Err = Any4Error;
+    type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "asymmetric" | "asym" => Ok(Scaling::Asymmetric),
             "symmetric" | "sym" => Ok(Scaling::Symmetric),
-            _ => Err(Any4Error::UnknownName {
+            _ => Err(Error::UnknownName {
                 kind: "scaling",
                 name: s.to_string(),
                 expected: "asymmetric, symmetric",
@@ -152,7 +152,7 @@ impl GroupSize {
         if Self::SUPPORTED.contains(&size) {
             Ok(GroupSize(size as u32))
         } else {
-            Err(Any4Error::UnsupportedGroupSize(size))
+            Err(Error::UnsupportedGroupSize(size))
         }
     }
 
@@ -188,13 +188,13 @@ impl fmt::Display for GroupSize {
 }
 
 impl FromStr for GroupSize {
-    type Err = Any4Error;
+    type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "row" | "per-row" | "perrow" | "none" => Ok(GroupSize::PER_ROW),
             other => other
                 .parse::<usize>()
-                .map_err(|_| Any4Error::UnknownName {
+                .map_err(|_| Error::UnknownName {
                     kind: "group size",
                     name: s.to_string(),
                     expected: "32, 64, 128, 256, 512, 1024, per-row",
@@ -205,7 +205,7 @@ impl FromStr for GroupSize {
 }
 
 impl TryFrom<usize> for GroupSize {
-    type Error = Any4Error;
+    type Error = Error;
     fn try_from(size: usize) -> Result<Self> {
         GroupSize::new(size)
     }
@@ -220,7 +220,7 @@ enum GroupSizeRepr {
 }
 
 impl TryFrom<GroupSizeRepr> for GroupSize {
-    type Error = Any4Error;
+    type Error = Error;
     fn try_from(r: GroupSizeRepr) -> Result<Self> {
         match r {
             GroupSizeRepr::Size(n) => GroupSize::new(n),
@@ -283,13 +283,13 @@ impl ParamDtype {
 }
 
 impl FromStr for ParamDtype {
-    type Err = Any4Error;
+    type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "float32" => Ok(ParamDtype::F32),
             "f16" | "float16" | "half" => Ok(ParamDtype::F16),
             "bf16" | "bfloat16" => Ok(ParamDtype::Bf16),
-            _ => Err(Any4Error::UnknownName {
+            _ => Err(Error::UnknownName {
                 kind: "dtype",
                 name: s.to_string(),
                 expected: "f32, f16, bf16",
@@ -310,12 +310,12 @@ pub enum Solver {
 }
 
 impl FromStr for Solver {
-    type Err = Any4Error;
+    type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "lloyd" | "kmeans" => Ok(Solver::Lloyd),
             "exact" | "dp" => Ok(Solver::Exact),
-            _ => Err(Any4Error::UnknownName {
+            _ => Err(Error::UnknownName {
                 kind: "k-means solver",
                 name: s.to_string(),
                 expected: "lloyd, exact",
@@ -411,7 +411,7 @@ impl KMeansConfig {
     /// Set the maximum number of Lloyd iterations (at least 1).
     pub fn with_max_iter(mut self, max_iter: u32) -> Result<Self> {
         if max_iter == 0 {
-            return Err(Any4Error::InvalidKMeans("max_iter must be at least 1"));
+            return Err(Error::InvalidKMeans("max_iter must be at least 1"));
         }
         self.max_iter = max_iter;
         Ok(self)
@@ -419,7 +419,7 @@ impl KMeansConfig {
     /// Set the relative tolerance (finite, ≥ 0).
     pub fn with_tol(mut self, tol: f32) -> Result<Self> {
         if !tol.is_finite() || tol < 0.0 {
-            return Err(Any4Error::InvalidKMeans("tol must be finite and >= 0"));
+            return Err(Error::InvalidKMeans("tol must be finite and >= 0"));
         }
         self.tol = tol;
         Ok(self)
@@ -436,7 +436,7 @@ struct KMeansRepr {
 }
 
 impl TryFrom<KMeansRepr> for KMeansConfig {
-    type Error = Any4Error;
+    type Error = Error;
     fn try_from(r: KMeansRepr) -> Result<Self> {
         KMeansConfig::default()
             .with_solver(r.solver)
@@ -476,7 +476,7 @@ impl From<KMeansConfig> for KMeansRepr {
 /// // Invalid choices are refused up front.
 /// assert!(GroupSize::new(100).is_err());
 /// assert!("any5".parse::<Format>().is_err());
-/// # Ok::<(), any4_core::Any4Error>(())
+/// # Ok::<(), any4_core::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Any4Config {

@@ -1,13 +1,11 @@
 //! Typed errors for everything in `any4-core` that can refuse its input.
 
-use thiserror::Error;
-
 /// Why a configuration, a matrix or a buffer was refused.
 ///
 /// Every variant names what was wrong (the row and column, the group size, the two shapes), so
 /// that a caller several layers up (the quantization pass, the CLI) can print it as is.
-#[derive(Debug, Clone, PartialEq, Error)]
-pub enum Any4Error {
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
     /// A weight is NaN or infinite.
     #[error("weight at row {row}, column {col} is not finite ({value})")]
     NonFiniteWeight {
@@ -98,7 +96,7 @@ fn overflow_hint(value: &f32) -> &'static str {
 }
 
 /// Result alias for `any4-core`.
-pub type Result<T, E = Any4Error> = std::result::Result<T, E>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
@@ -107,7 +105,7 @@ mod tests {
     /// An overflowed scale says which dtypes fix it; other invalid values stay terse.
     #[test]
     fn infinite_parameters_carry_a_hint() {
-        let at = |value| Any4Error::InvalidParameter {
+        let at = |value| Error::InvalidParameter {
             what: "scale",
             row: 2,
             index: 1,

@@ -6,17 +6,17 @@
 //! the quantization pass) uses these definitions as the ground truth.
 //!
 //! ```
-//! use any4_core::{quantize, Any4Config, Format};
+//! use any4_core::{quantize_matrix, Any4Config, Format};
 //!
 //! let (rows, cols) = (32, 256);
 //! let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-//! let q = quantize(&w, [rows, cols], None, &Any4Config::new(Format::Any4))?;
+//! let q = quantize_matrix(&w, [rows, cols], None, &Any4Config::new(Format::Any4))?;
 //! let x = vec![1.0f32; cols];
 //! let y = q.matmul(&x, 1)?; // y = x · Wᵀ, shape [1, rows]
 //! assert_eq!(y.len(), rows);
 //! let err = q.reconstruction_error(&w, None)?;
 //! assert!(err.max_abs < 0.1);
-//! # Ok::<(), any4_core::Any4Error>(())
+//! # Ok::<(), any4_core::Error>(())
 //! ```
 #![warn(missing_docs)]
 
@@ -33,8 +33,8 @@ mod simd;
 mod view;
 
 pub use config::{Any4Config, Format, GroupSize, Init, KMeansConfig, ParamDtype, Scaling, Solver};
-pub use error::{Any4Error, Result};
+pub use error::{Error, Result};
 pub use int8::MatmulPrecision;
 pub use matmul::dense_matmul;
-pub use quantize::{QuantizedMatrix, Reconstruction, TABLE_LEN, quantize};
+pub use quantize::{QuantizedMatrix, Reconstruction, TABLE_LEN, quantize_matrix};
 pub use view::QuantizedView;

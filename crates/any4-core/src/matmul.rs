@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::error::{Any4Error, Result};
+use crate::error::{Error, Result};
 use crate::int8::{BLOCK, MatmulPrecision, Q8Activations, quantize_activations};
 use crate::simd::Isa;
 use crate::view::QuantizedView;
@@ -212,7 +212,7 @@ pub fn dense_matmul(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Resul
         ("weights [n, k]", n * k, w.len()),
     ] {
         if expected != got {
-            return Err(Any4Error::ShapeMismatch {
+            return Err(Error::ShapeMismatch {
                 what,
                 expected,
                 got,
@@ -239,7 +239,7 @@ fn check_activations(x: &[f32], m: usize, k: usize) -> Result<()> {
     if x.len() == m * k {
         return Ok(());
     }
-    Err(Any4Error::ShapeMismatch {
+    Err(Error::ShapeMismatch {
         what: "activations [m, cols]",
         expected: m * k,
         got: x.len(),

@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::config::{Any4Config, Format, ParamDtype};
-use crate::error::{Any4Error, Result};
+use crate::error::{Error, Result};
 use crate::kmeans;
 use crate::levels::{self, Domain};
 use crate::pack::{self, words_per_row};
@@ -46,7 +46,7 @@ pub struct QuantizedMatrix {
 ///
 /// Rows are processed in parallel; each row's k-means is seeded from `(seed, row)`, so the
 /// result is identical for any number of threads.
-pub fn quantize(
+pub fn quantize_matrix(
     weights: &[f32],
     shape: [usize; 2],
     stats: Option<&[f32]>,
@@ -97,13 +97,13 @@ pub fn quantize(
 
 fn validate_input(weights: &[f32], [rows, cols]: [usize; 2], stats: Option<&[f32]>) -> Result<()> {
     if rows == 0 {
-        return Err(Any4Error::NoRows);
+        return Err(Error::NoRows);
     }
     if cols < 16 {
-        return Err(Any4Error::KTooSmall { k: cols });
+        return Err(Error::KTooSmall { k: cols });
     }
     if weights.len() != rows * cols {
-        return Err(Any4Error::ShapeMismatch {
+        return Err(Error::ShapeMismatch {
             what: "weights [rows, cols]",
             expected: rows * cols,
             got: weights.len(),
@@ -111,18 +111,18 @@ fn validate_input(weights: &[f32], [rows, cols]: [usize; 2], stats: Option<&[f32
     }
     if let Some(s) = stats {
         if s.len() != cols {
-            return Err(Any4Error::ShapeMismatch {
+            return Err(Error::ShapeMismatch {
                 what: "activation statistics [cols]",
                 expected: cols,
                 got: s.len(),
             });
         }
         if let Some((channel, &value)) = s.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(Any4Error::NonFiniteStat { channel, value });
+            return Err(Error::NonFiniteStat { channel, value });
         }
     }
     if let Some(idx) = weights.iter().position(|v| !v.is_finite()) {
-        return Err(Any4Error::NonFiniteWeight {
+        return Err(Error::NonFiniteWeight {
             row: idx / cols,
             col: idx % cols,
             value: weights[idx],
@@ -158,7 +158,7 @@ impl RowContext<'_> {
             let (s, z) = group_params(chunk, domain, dtype);
             for (what, value) in [("scale", s), ("zero", z)] {
                 if !value.is_finite() {
-                    return Err(Any4Error::InvalidParameter {
+                    return Err(Error::InvalidParameter {
                         what,
                         row,
                         index: g,
@@ -263,7 +263,7 @@ impl QuantizedMatrix {
             1
         };
         if table.len() != table_rows * TABLE_LEN {
-            return Err(Any4Error::ShapeMismatch {
+            return Err(Error::ShapeMismatch {
                 what: "table [table_rows, 16]",
                 expected: table_rows * TABLE_LEN,
                 got: table.len(),
@@ -275,7 +275,7 @@ impl QuantizedMatrix {
             ("zero", &zeros, groups),
         ] {
             if let Some(p) = values.iter().position(|v| !v.is_finite()) {
-                return Err(Any4Error::InvalidParameter {
+                return Err(Error::InvalidParameter {
                     what,
                     row: p / width,
                     index: p % width,
@@ -297,7 +297,7 @@ impl QuantizedMatrix {
             for row in 0..rows {
                 let words = q.row_codes(row);
                 if let Some(col) = (0..cols).find(|&j| pack::code(words, j) as usize >= levels) {
-                    return Err(Any4Error::CodeOutOfRange {
+                    return Err(Error::CodeOutOfRange {
                         row,
                         col,
                         code: pack::code(words, col),

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use crate::config::GroupSize;
-use crate::error::{Any4Error, Result};
+use crate::error::{Error, Result};
 use crate::pack::words_per_row;
 use crate::quantize::TABLE_LEN;
 use crate::simd::Isa;
@@ -34,17 +34,17 @@ impl<'a> QuantizedView<'a> {
         zeros: &'a [f32],
     ) -> Result<Self> {
         if rows == 0 {
-            return Err(Any4Error::NoRows);
+            return Err(Error::NoRows);
         }
         if cols < 16 {
-            return Err(Any4Error::KTooSmall { k: cols });
+            return Err(Error::KTooSmall { k: cols });
         }
         let groups = group.groups_for(cols);
         let check = |what, expected: usize, got: usize| {
             if expected == got {
                 Ok(())
             } else {
-                Err(Any4Error::ShapeMismatch {
+                Err(Error::ShapeMismatch {
                     what,
                     expected,
                     got,

@@ -68,7 +68,7 @@ proptest! {
         let group = if g == 0 { GroupSize::PER_ROW } else { GroupSize::new(g).unwrap() };
         let c = cfg(format).with_scaling(scaling).with_group_size(group).with_param_dtype(ParamDtype::F32);
         let w = student_t(rows, cols, 4, seed);
-        let q = quantize(&w, [rows, cols], None, &c).unwrap();
+        let q = quantize_matrix(&w, [rows, cols], None, &c).unwrap();
         let deq = q.dequantize();
         let (lo, hi) = match levels::domain(format, scaling) {
             levels::Domain::Range { lo, hi } => (lo, hi),
@@ -92,7 +92,7 @@ proptest! {
     #[test]
     fn int4_is_round_to_nearest(rows in 1usize..4, cols in 16usize..400, seed in any::<u64>()) {
         let w = gaussian(rows, cols, seed);
-        let q = quantize(&w, [rows, cols], None, &cfg(Format::Int4)).unwrap();
+        let q = quantize_matrix(&w, [rows, cols], None, &cfg(Format::Int4)).unwrap();
         let deq = q.dequantize();
         for row in 0..rows {
             for col in 0..cols {
@@ -115,7 +115,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let w = gaussian(rows, cols, seed);
-        let q = quantize(&w, [rows, cols], None, &cfg(Format::ALL[fi]).with_group_size(GroupSize::new(32).unwrap())).unwrap();
+        let q = quantize_matrix(&w, [rows, cols], None, &cfg(Format::ALL[fi]).with_group_size(GroupSize::new(32).unwrap())).unwrap();
         let deq = q.dequantize();
         let x = gaussian(m, cols, seed ^ 1);
         let y = q.matmul(&x, m).unwrap();
@@ -147,7 +147,7 @@ proptest! {
     ) {
         let group = if g == 0 { GroupSize::PER_ROW } else { GroupSize::new(g).unwrap() };
         let w = student_t(rows, cols, 4, seed);
-        let q = quantize(&w, [rows, cols], None, &cfg(Format::ALL[fi]).with_group_size(group)).unwrap();
+        let q = quantize_matrix(&w, [rows, cols], None, &cfg(Format::ALL[fi]).with_group_size(group)).unwrap();
         let x = student_t(m, cols, 5, seed ^ 3);
         let exact = q.matmul(&x, m).unwrap();
         let fast = q.view().matmul_with(&x, m, MatmulPrecision::Int8Activations).unwrap();
@@ -182,7 +182,7 @@ fn any4_beats_int4_and_nf4_on_gaussian_and_student_t() {
         ("student-t", student_t(rows, cols, 3, 2)),
     ] {
         let err = |f: Format| {
-            let q = quantize(&w, [rows, cols], Some(&st), &cfg(f)).unwrap();
+            let q = quantize_matrix(&w, [rows, cols], Some(&st), &cfg(f)).unwrap();
             q.reconstruction_error(&w, Some(&st)).unwrap().weighted_mse
         };
         let (any4, int4, nf4) = (err(Format::Any4), err(Format::Int4), err(Format::Nf4));
@@ -200,8 +200,9 @@ fn exact_solver_is_no_worse_than_lloyd_on_a_matrix() {
     let w = student_t(rows, cols, 3, 5);
     let st = stats(cols, 6);
     let c = cfg(Format::Any4).with_param_dtype(ParamDtype::F32);
-    let lloyd = quantize(&w, [rows, cols], Some(&st), &c).unwrap();
-    let exact = quantize(&w, [rows, cols], Some(&st), &c.with_solver(Solver::Exact)).unwrap();
+    let lloyd = quantize_matrix(&w, [rows, cols], Some(&st), &c).unwrap();
+    let exact =
+        quantize_matrix(&w, [rows, cols], Some(&st), &c.with_solver(Solver::Exact)).unwrap();
     let e = |q: &QuantizedMatrix| q.reconstruction_error(&w, None).unwrap().mse;
     // Per-row optimality is in the weighted scaled domain; the plain MSE follows closely.
     assert!(
@@ -224,7 +225,7 @@ fn results_do_not_depend_on_thread_count() {
             .build()
             .unwrap();
         pool.install(|| {
-            let q = quantize(&w, [rows, cols], Some(&st), &cfg(Format::Any4)).unwrap();
+            let q = quantize_matrix(&w, [rows, cols], Some(&st), &cfg(Format::Any4)).unwrap();
             let y = q.matmul(&x, 3).unwrap();
             (q, y)
         })
@@ -243,7 +244,7 @@ fn short_last_group_uses_its_own_range() {
     for r in 0..rows {
         w[r * cols + 575] = 5.0; // an outlier only in the short group
     }
-    let q = quantize(
+    let q = quantize_matrix(
         &w,
         [rows, cols],
         None,
@@ -276,7 +277,7 @@ fn constant_rows_quantize_exactly() {
             let c = cfg(f)
                 .with_param_dtype(dtype)
                 .with_scaling(Scaling::Asymmetric);
-            let q = quantize(&w, [2, cols], None, &c).unwrap();
+            let q = quantize_matrix(&w, [2, cols], None, &c).unwrap();
             assert_eq!(q.dequantize(), w, "{f} {dtype:?}");
         }
     }
@@ -286,7 +287,7 @@ fn constant_rows_quantize_exactly() {
 fn stored_parameters_are_representable_in_their_dtype() {
     let w = student_t(8, 256, 4, 31);
     for dtype in [ParamDtype::F16, ParamDtype::Bf16] {
-        let q = quantize(
+        let q = quantize_matrix(
             &w,
             [8, 256],
             None,
@@ -302,14 +303,14 @@ fn stored_parameters_are_representable_in_their_dtype() {
 #[test]
 fn bits_per_weight_matches_the_paper() {
     let w = gaussian(64, 4096, 3);
-    let q = quantize(&w, [64, 4096], None, &cfg(Format::Any4)).unwrap();
+    let q = quantize_matrix(&w, [64, 4096], None, &cfg(Format::Any4)).unwrap();
     assert_eq!(q.bits_per_weight(), 4.3125);
 }
 
 #[test]
 fn from_parts_round_trips_and_validates() {
     let w = gaussian(4, 256, 8);
-    let q = quantize(&w, [4, 256], None, &cfg(Format::Any3)).unwrap();
+    let q = quantize_matrix(&w, [4, 256], None, &cfg(Format::Any3)).unwrap();
     let parts = || {
         (
             q.codes().to_vec(),
@@ -328,7 +329,7 @@ fn from_parts_round_trips_and_validates() {
     c[0] |= 0xF; // code 15 is outside any3's 8 levels
     assert!(matches!(
         QuantizedMatrix::from_parts(*q.config(), [4, 256], c, t, s, z),
-        Err(Any4Error::CodeOutOfRange {
+        Err(Error::CodeOutOfRange {
             row: 0,
             col: 0,
             code: 15,
@@ -339,7 +340,7 @@ fn from_parts_round_trips_and_validates() {
     s[3] = f32::NAN;
     assert!(matches!(
         QuantizedMatrix::from_parts(*q.config(), [4, 256], c, t, s, z),
-        Err(Any4Error::InvalidParameter {
+        Err(Error::InvalidParameter {
             what: "scale",
             row: 1,
             index: 1,
@@ -350,7 +351,7 @@ fn from_parts_round_trips_and_validates() {
     z.pop();
     assert!(matches!(
         QuantizedMatrix::from_parts(*q.config(), [4, 256], c, t, s, z),
-        Err(Any4Error::ShapeMismatch {
+        Err(Error::ShapeMismatch {
             what: "zeros [rows, groups]",
             ..
         })
@@ -383,9 +384,9 @@ fn every_error_variant_is_reachable() {
     let c = cfg(Format::Any4);
     let mut nan = w.clone();
     nan[37] = f32::NAN;
-    let e = quantize(&nan, [2, 32], None, &c).unwrap_err();
+    let e = quantize_matrix(&nan, [2, 32], None, &c).unwrap_err();
     assert!(
-        matches!(e, Any4Error::NonFiniteWeight { row: 1, col: 5, value } if value.is_nan()),
+        matches!(e, Error::NonFiniteWeight { row: 1, col: 5, value } if value.is_nan()),
         "{e:?}"
     );
     assert!(e.to_string().contains("row 1, column 5"), "{e}");
@@ -393,32 +394,32 @@ fn every_error_variant_is_reachable() {
     let mut st = vec![0.5f32; 32];
     st[3] = f32::INFINITY;
     assert!(matches!(
-        quantize(&w, [2, 32], Some(&st), &c),
-        Err(Any4Error::NonFiniteStat { channel: 3, .. })
+        quantize_matrix(&w, [2, 32], Some(&st), &c),
+        Err(Error::NonFiniteStat { channel: 3, .. })
     ));
     assert!(matches!(
         GroupSize::new(100),
-        Err(Any4Error::UnsupportedGroupSize(100))
+        Err(Error::UnsupportedGroupSize(100))
     ));
     assert!(matches!(
-        quantize(&w[..16], [2, 8], None, &c),
-        Err(Any4Error::KTooSmall { k: 8 })
+        quantize_matrix(&w[..16], [2, 8], None, &c),
+        Err(Error::KTooSmall { k: 8 })
     ));
     assert!(matches!(
-        quantize(&[], [0, 32], None, &c),
-        Err(Any4Error::NoRows)
+        quantize_matrix(&[], [0, 32], None, &c),
+        Err(Error::NoRows)
     ));
     assert!(matches!(
-        quantize(&w, [3, 32], None, &c),
-        Err(Any4Error::ShapeMismatch {
+        quantize_matrix(&w, [3, 32], None, &c),
+        Err(Error::ShapeMismatch {
             expected: 96,
             got: 64,
             ..
         })
     ));
     assert!(matches!(
-        quantize(&w, [2, 32], Some(&[1.0; 5]), &c),
-        Err(Any4Error::ShapeMismatch {
+        quantize_matrix(&w, [2, 32], Some(&[1.0; 5]), &c),
+        Err(Error::ShapeMismatch {
             expected: 32,
             got: 5,
             ..
@@ -426,47 +427,47 @@ fn every_error_variant_is_reachable() {
     ));
     assert!(matches!(
         KMeansConfig::default().with_max_iter(0),
-        Err(Any4Error::InvalidKMeans(_))
+        Err(Error::InvalidKMeans(_))
     ));
     assert!(matches!(
         KMeansConfig::default().with_tol(f32::NAN),
-        Err(Any4Error::InvalidKMeans(_))
+        Err(Error::InvalidKMeans(_))
     ));
     assert!(matches!(
         "any5".parse::<Format>(),
-        Err(Any4Error::UnknownName { kind: "format", .. })
+        Err(Error::UnknownName { kind: "format", .. })
     ));
     assert!(matches!(
         "q4".parse::<ParamDtype>(),
-        Err(Any4Error::UnknownName { kind: "dtype", .. })
+        Err(Error::UnknownName { kind: "dtype", .. })
     ));
     assert!(matches!(
         "median".parse::<Solver>(),
-        Err(Any4Error::UnknownName { .. })
+        Err(Error::UnknownName { .. })
     ));
     assert!(matches!(
         "skew".parse::<Scaling>(),
-        Err(Any4Error::UnknownName { .. })
+        Err(Error::UnknownName { .. })
     ));
     // A range too wide for f16 parameters overflows the stored scale: refused, not stored as inf.
     let huge: Vec<f32> = (0..32).map(|i| if i == 0 { -1e6 } else { 1e6 }).collect();
     assert!(matches!(
-        quantize(&huge, [1, 32], None, &c),
-        Err(Any4Error::InvalidParameter {
+        quantize_matrix(&huge, [1, 32], None, &c),
+        Err(Error::InvalidParameter {
             what: "scale",
             row: 0,
             index: 0,
             ..
         })
     ));
-    let q = quantize(&w, [2, 32], None, &c).unwrap();
+    let q = quantize_matrix(&w, [2, 32], None, &c).unwrap();
     assert!(matches!(
         q.matmul(&[1.0; 31], 1),
-        Err(Any4Error::ShapeMismatch { .. })
+        Err(Error::ShapeMismatch { .. })
     ));
     assert!(matches!(
         dense_matmul(&[1.0; 32], 1, &w, 3, 32),
-        Err(Any4Error::ShapeMismatch { .. })
+        Err(Error::ShapeMismatch { .. })
     ));
     // CodeOutOfRange and InvalidParameter from stored parts: see `from_parts_round_trips_and_validates`.
 }
@@ -489,7 +490,7 @@ proptest! {
         let cols = cols_words * 8;
         let group = if g == 0 { GroupSize::PER_ROW } else { GroupSize::new(g).unwrap() };
         let w = student_t(rows, cols, 4, seed);
-        let q = quantize(&w, [rows, cols], None, &cfg(Format::ALL[fi]).with_group_size(group)).unwrap();
+        let q = quantize_matrix(&w, [rows, cols], None, &cfg(Format::ALL[fi]).with_group_size(group)).unwrap();
         let x = student_t(m, cols, 5, seed ^ 7);
         let exact = q.matmul(&x, m).unwrap();
         let fast = q.view().matmul_panels(&x, m).unwrap();
@@ -507,7 +508,7 @@ proptest! {
 #[test]
 fn panel_gemm_refuses_a_wrong_activation_length() {
     let w = student_t(4, 64, 4, 1);
-    let q = quantize(&w, [4, 64], None, &cfg(Format::Any4)).unwrap();
+    let q = quantize_matrix(&w, [4, 64], None, &cfg(Format::Any4)).unwrap();
     assert!(q.view().matmul_panels(&[0.0; 63], 1).is_err());
     assert_eq!(q.view().matmul_panels(&[], 0).unwrap(), Vec::<f32>::new());
     for precision in [MatmulPrecision::Exact, MatmulPrecision::Int8Activations] {

@@ -6,17 +6,17 @@
 //!   `model.safetensors` in the any4 checkpoint format, `tokenizer.json`).
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use any4_burn::{Checkpoint, LayerInfo, QuantizationConfig, save, write_file_atomically};
+use any4_burn::{Checkpoint, CheckpointMeta, LayerInfo, save, write_file_atomically};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::gguf::{GgufFile, hf_tokenizer_json, unpermute_qk};
-use crate::load::{TensorSource, load_model, load_pretrained};
-use crate::model::{Llama, hf_tensor_shapes};
+use crate::gguf::load_gguf;
+use crate::load::load_pretrained;
+use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 
 /// Whether `path` is a file starting with the GGUF magic.
@@ -77,7 +77,7 @@ fn any4_header(weights: &Path) -> Option<(HashSet<String>, BTreeMap<String, Laye
     // An unreadable config is still an any4 file: `Checkpoint::open` names the problem.
     let layers = info
         .get("quantization_config")
-        .and_then(|j| serde_json::from_str::<QuantizationConfig>(j).ok())
+        .and_then(|j| serde_json::from_str::<CheckpointMeta>(j).ok())
         .map(|c| c.layers)
         .unwrap_or_default();
     let names = meta.tensors().keys().cloned().collect();
@@ -161,11 +161,7 @@ fn expected_tensors(model: &Llama, quantized: &BTreeMap<String, LayerInfo>) -> V
 
 /// Write `model` as an any4 folder: `model.safetensors` (any4 checkpoint), `config.json` (the
 /// model config plus `quantization_config`) and `tokenizer.json`, each written atomically.
-pub fn save_any4(
-    dir: &Path,
-    model: &mut Llama,
-    tokenizer: &Tokenizer,
-) -> Result<QuantizationConfig> {
+pub fn save_any4(dir: &Path, model: &mut Llama, tokenizer: &Tokenizer) -> Result<CheckpointMeta> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let qc = save(model, &dir.join("model.safetensors"))?;
     let mut config =
@@ -184,155 +180,4 @@ pub fn save_any4(
         .map_err(|e| Error::Tokenize(e.to_string()))?;
     write_file_atomically(&dir.join("tokenizer.json"), tok.as_bytes())?;
     Ok(qc)
-}
-
-/// A GGUF file seen as HF-named tensors.
-pub struct GgufSource {
-    file: GgufFile,
-    n_head: usize,
-    n_kv_head: usize,
-}
-
-impl GgufSource {
-    /// Open `path`.
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = GgufFile::open(path)?;
-        let n_head = file.get_u64("llama.attention.head_count")? as usize;
-        let n_kv_head = file
-            .get_u64("llama.attention.head_count_kv")
-            .map_or(n_head, |v| v as usize);
-        Ok(GgufSource {
-            file,
-            n_head,
-            n_kv_head,
-        })
-    }
-
-    /// The underlying file.
-    pub fn file(&self) -> &GgufFile {
-        &self.file
-    }
-
-    /// The HF config its metadata describes (Llama architecture only).
-    pub fn config(&self) -> Result<LlamaConfig> {
-        let g = &self.file;
-        let arch = g.get_str("general.architecture")?;
-        if arch != "llama" {
-            return Err(Error::UnsupportedModel {
-                path: g.path().to_path_buf(),
-                name: arch.to_string(),
-                supported: "llama",
-            });
-        }
-        // llama.cpp stores Mixtral as `llama` with experts (fused `ffn_*_exps` tensors), which
-        // this reader does not map; refuse it by name rather than fail on a missing MLP tensor.
-        if g.get_u64("llama.expert_count").is_ok_and(|n| n > 0) {
-            return Err(Error::UnsupportedModel {
-                path: g.path().to_path_buf(),
-                name: "llama with experts (Mixtral GGUF; load the HF folder instead)".into(),
-                supported: "llama (dense)",
-            });
-        }
-        let key = |k: &str| format!("llama.{k}");
-        let vocab = match g.get_u64(&key("vocab_size")) {
-            Ok(v) => v as usize,
-            Err(_) => g
-                .get("tokenizer.ggml.tokens")
-                .and_then(|v| v.as_array())
-                .map(|a| a.len())
-                .ok_or_else(|| {
-                    Error::Config("GGUF has neither llama.vocab_size nor a token list".into())
-                })?,
-        };
-        let json = serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": g.get_u64(&key("embedding_length"))?,
-            "intermediate_size": g.get_u64(&key("feed_forward_length"))?,
-            "num_hidden_layers": g.get_u64(&key("block_count"))?,
-            "num_attention_heads": self.n_head,
-            "num_key_value_heads": self.n_kv_head,
-            "rms_norm_eps": g.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
-            "rope_theta": g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0),
-            "max_position_embeddings": g.get_u64(&key("context_length")).ok(),
-            "vocab_size": vocab,
-            "tie_word_embeddings": !g.tensors.contains_key("output.weight"),
-            "bos_token_id": g.get_u64("tokenizer.ggml.bos_token_id").ok(),
-            "eos_token_id": g.get_u64("tokenizer.ggml.eos_token_id").ok(),
-        });
-        LlamaConfig::from_json(&json.to_string())
-    }
-
-    /// GGUF name of an HF tensor name, and the head count to unpermute with (Q/K only).
-    fn gguf_name(hf: &str, n_head: usize, n_kv: usize) -> Option<(String, Option<usize>)> {
-        let fixed = match hf {
-            "model.embed_tokens.weight" => Some("token_embd.weight"),
-            "model.norm.weight" => Some("output_norm.weight"),
-            "lm_head.weight" => Some("output.weight"),
-            _ => None,
-        };
-        if let Some(n) = fixed {
-            return Some((n.to_string(), None));
-        }
-        let rest = hf.strip_prefix("model.layers.")?;
-        let (i, tail) = rest.split_once('.')?;
-        let (name, heads) = match tail {
-            "input_layernorm.weight" => ("attn_norm.weight", None),
-            "post_attention_layernorm.weight" => ("ffn_norm.weight", None),
-            "self_attn.q_proj.weight" => ("attn_q.weight", Some(n_head)),
-            "self_attn.k_proj.weight" => ("attn_k.weight", Some(n_kv)),
-            "self_attn.v_proj.weight" => ("attn_v.weight", None),
-            "self_attn.o_proj.weight" => ("attn_output.weight", None),
-            "mlp.gate_proj.weight" => ("ffn_gate.weight", None),
-            "mlp.up_proj.weight" => ("ffn_up.weight", None),
-            "mlp.down_proj.weight" => ("ffn_down.weight", None),
-            _ => return None,
-        };
-        Some((format!("blk.{i}.{name}"), heads))
-    }
-}
-
-impl TensorSource for GgufSource {
-    fn location(&self) -> &Path {
-        self.file.path()
-    }
-
-    fn read(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let missing = || Error::MissingTensor {
-            path: self.file.path().to_path_buf(),
-            tensor: name.to_string(),
-        };
-        let (gname, heads) =
-            Self::gguf_name(name, self.n_head, self.n_kv_head).ok_or_else(missing)?;
-        if !self.file.tensors.contains_key(&gname) {
-            return Err(missing());
-        }
-        let (values, found) = self.file.tensor_f32(&gname)?;
-        if found != shape {
-            return Err(Error::Shape {
-                path: self.file.path().to_path_buf(),
-                tensor: format!("{name} (GGUF `{gname}`)"),
-                expected: shape.to_vec(),
-                found,
-            });
-        }
-        Ok(match heads {
-            Some(h) => unpermute_qk(&values, shape[0], shape[1], h),
-            None => values,
-        })
-    }
-}
-
-/// Load a GGUF model and its tokenizer.
-pub fn load_gguf(path: &Path, device: &Device) -> Result<(Llama, Tokenizer)> {
-    let source = GgufSource::open(path)?;
-    let config = source.config()?;
-    let json = hf_tokenizer_json(source.file())?;
-    let tokenizer = Tokenizer::from_json(&json, PathBuf::from(path), &config)?;
-    debug_assert!(
-        hf_tensor_shapes(&config)
-            .iter()
-            .all(|(n, _)| GgufSource::gguf_name(n, 1, 1).is_some())
-    );
-    Ok((load_model(config, &source, device)?, tokenizer))
 }

@@ -7,7 +7,7 @@
 //! and calibrated on the tokens routed to it); the router stays dense.
 //!
 //! ```no_run
-//! use any4_burn::{CALIBRATION_PROMPT, QuantizeConfig, quantize};
+//! use any4_burn::{CALIBRATION_PROMPT, QuantizeConfig, quantize_model};
 //! use any4_llm::{GenerateConfig, PerplexityConfig, generate, load_pretrained, perplexity, token_tensor};
 //! use burn::tensor::Device;
 //!
@@ -19,7 +19,7 @@
 //!
 //! // One-shot calibration, then every linear but the LM head becomes any4.
 //! let stats = model.calibrate(token_tensor(&tok.encode(CALIBRATION_PROMPT, true)?, &device));
-//! let (model, report) = quantize(model, &QuantizeConfig::default(), Some(&stats))?;
+//! let (model, report) = quantize_model(model, &QuantizeConfig::default(), Some(&stats))?;
 //! let quantized = perplexity(&model, &tok, &text, &cfg)?;
 //!
 //! let prompt = tok.encode("The king said", true)?;
@@ -42,13 +42,14 @@ mod moe;
 mod rope;
 mod tokenizer;
 
-pub use auto::{GgufSource, is_gguf, load_auto, load_gguf, save_any4};
+pub use auto::{is_gguf, load_auto, save_any4};
 pub use config::{
     Architecture, LlamaConfig, MoeConfig, RopeConfig, RopeScaling, RopeScalingConfig, TokenIds,
 };
 pub use error::{Error, Result};
 pub use eval::{Dataset, Perplexity, PerplexityConfig, perplexity, perplexity_of_ids};
 pub use generate::{GenerateConfig, Generation, Sampling, generate, sample};
+pub use gguf::{GgufSource, load_gguf};
 pub use layers::{Attention, DecoderLayer, LayerCache, Mlp, StepContext, attention_mask};
 pub use load::{SafetensorsSource, TensorSource, load_model, load_pretrained};
 pub use model::{KvCache, Llama, ReadTensor, hf_tensor_shapes, token_tensor, token_tensor_batch};

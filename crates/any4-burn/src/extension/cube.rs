@@ -4,7 +4,7 @@
 //! The kernels read a fixed layout: u32 codes, f32 activations, tables, scales and zeros, all
 //! row-major and contiguous, one 16-entry table per row. A call therefore
 //! 1. checks every tensor's shape against the weight's `[rows, cols]` and group size (the public
-//!    [`Any4Tensors`](crate::Any4Tensors) API already asserts them, this guards direct callers);
+//!    [`Any4Weight`](crate::Any4Weight) API already asserts them, this guards direct callers);
 //! 2. casts f16 / bf16 inputs to f32 (the output is cast back to the activation's dtype) and
 //!    other integer code dtypes to u32;
 //! 3. expands a shared `[1, 16]` table (int4 / nf4 / fp4) to `[rows, 16]`: `rows · 64` bytes,
@@ -24,7 +24,7 @@ use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::weight::{Any4Backend, Any4Weight};
+use super::{Any4Backend, Any4WeightPrimitive};
 
 /// A float tensor as contiguous f32, converting f16 / bf16 (and f64 / flex32) first.
 fn f32_contiguous(t: CubeTensor, what: &str) -> CubeTensor {
@@ -75,7 +75,7 @@ struct KernelWeight {
     param_dtype: DType,
 }
 
-fn prepare(w: Any4Weight<CubeBackend>) -> KernelWeight {
+fn prepare(w: Any4WeightPrimitive<CubeBackend>) -> KernelWeight {
     let [rows, cols] = w.shape;
     let group = w.group.len_for(cols);
     let groups = w.group.groups_for(cols);
@@ -149,7 +149,7 @@ fn to_dtype(t: CubeTensor, dtype: DType) -> CubeTensor {
 }
 
 impl Any4Backend for CubeBackend {
-    fn any4_matmul(x: CubeTensor, w: Any4Weight<Self>) -> CubeTensor {
+    fn any4_matmul(x: CubeTensor, w: Any4WeightPrimitive<Self>) -> CubeTensor {
         let [rows, cols] = w.shape;
         let [m, k] = dims2(&x, "activation");
         assert_eq!(
@@ -185,7 +185,7 @@ impl Any4Backend for CubeBackend {
         to_dtype(y, dtype)
     }
 
-    fn any4_dequantize(w: Any4Weight<Self>) -> CubeTensor {
+    fn any4_dequantize(w: Any4WeightPrimitive<Self>) -> CubeTensor {
         let [rows, cols] = w.shape;
         let kw = prepare(w);
         let out = any4_kernels::dequantize_f32(&kw.client, &kw.weight).unwrap_or_else(|e| {
