@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Some("ci") => run("bash", &[".ci/run"], &[]),
         Some("gpu-kit") => report_result(
             "gpu-kit",
-            gpu::kit(args.get(1).map_or("tests", String::as_str)),
+            gpu::kit(args.get(1).map_or("kernels", String::as_str)),
         ),
         Some("sass") => report_result("sass", sass::sass(&args[1..])),
         Some("report") => match args.get(1).map(String::as_str) {
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
                 "  sass [KERNEL...] [--shape NxKxG] [--out FILE]  CUDA kernels → nvcc sm_90a → SASS figures (no GPU)"
             );
             println!(
-                "  gpu-kit tests|benches  build that part of the GPU check into target/gpu-kit (run.sh on a device)"
+                "  gpu-kit kernels|decode  build that part of the GPU check into target/gpu-kit (run.sh on a device)"
             );
             ExitCode::SUCCESS
         }

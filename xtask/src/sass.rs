@@ -139,6 +139,7 @@ struct Meta {
     name: String,
     weights_per_iter: usize,
     loads128_per_iter: usize,
+    hmma_per_iter: usize,
     what: String,
 }
 
@@ -152,6 +153,7 @@ fn read_index(dir: &Path) -> Result<Vec<Meta>> {
             name: k["name"].as_str().unwrap_or_default().to_string(),
             weights_per_iter: k["weights_per_iter"].as_u64().unwrap_or(0) as usize,
             loads128_per_iter: k["loads128_per_iter"].as_u64().unwrap_or(0) as usize,
+            hmma_per_iter: k["hmma_per_iter"].as_u64().unwrap_or(0) as usize,
             what: k["what"].as_str().unwrap_or_default().to_string(),
         })
         .collect())

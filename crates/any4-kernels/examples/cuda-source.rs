@@ -36,8 +36,8 @@ fn main() {
             std::process::exit(1);
         }
         index.push(format!(
-            "{{\"name\": \"{}\", \"weights_per_iter\": {}, \"loads128_per_iter\": {}, \"what\": \"{}\"}}",
-            k.name, k.weights_per_iter, k.loads128_per_iter, k.what
+            "{{\"name\": \"{}\", \"weights_per_iter\": {}, \"loads128_per_iter\": {}, \"hmma_per_iter\": {}, \"what\": \"{}\"}}",
+            k.name, k.weights_per_iter, k.loads128_per_iter, k.hmma_per_iter, k.what
         ));
     }
     let json = format!("[\n  {}\n]\n", index.join(",\n  "));

@@ -1,9 +1,10 @@
 //! Activation quantization for the int8 GEMV: `x[M, K]` (f32 / f16 / bf16) → int8 blocks of 32.
 //!
 //! Per block `b` of 32 activations of a row (the last block of a row zero-padded):
-//! `d_b = max |x| / 127`, `xq = round(x / d_b)` half away from zero (the CPU int8 path's
+//! `d_b = max |x| / 127`, `xq = round(x · (1 / d_b))` ties to even (the CPU int8 path's
 //! activation rounding), and the exact f32 block sum `Σ x` (the zero and table-centre terms use
-//! the unrounded activations). A block of zeros, or one whose `1 / d_b` overflows, is stored as
+//! the unrounded activations). Unlike the CPU, a row's last partial block (`K % 32 ≠ 0`) is
+//! quantized too (zero-padded) instead of taking the f32 table: no LLM shape has such a K. A block of zeros, or one whose `1 / d_b` overflows, is stored as
 //! zeros with `d_b = 0`. One unit per block; the kernel is `M · K / 32` units, a few µs.
 
 // `#[cube(launch)]` generates an undocumented module and kernel struct per kernel.
@@ -56,12 +57,12 @@ pub fn quantize_activations_kernel<F: Float>(
                 let mut word = 0u32;
                 #[unroll]
                 for j in 0..4usize {
-                    let v = vals[w * 4 + j] * inv;
-                    let mut half = 0.5f32;
-                    if v < 0.0f32 {
-                        half = -0.5f32;
-                    }
-                    let q = i32::clamp(i32::cast_from(v + half), -127i32, 127i32);
+                    // `round` is ties-to-even on CUDA (`rint`) and WGSL, as on the CPU.
+                    let q = i32::clamp(
+                        i32::cast_from(f32::round(vals[w * 4 + j] * inv)),
+                        -127i32,
+                        127i32,
+                    );
                     word |= (u32::reinterpret(q) & 255u32) << (8 * j as u32);
                 }
                 words[w] = word;

@@ -31,6 +31,9 @@ pub struct KernelSource {
     /// 128-bit global loads per iteration as written (codes and activations): the SASS reader
     /// divides the loop's `LDG.*.128` count by this to find nvcc's unroll factor.
     pub loads128_per_iter: usize,
+    /// Tensor-core instructions (`HMMA`) per iteration as written, for loops without 128-bit
+    /// loads (a 16×16×16 f16 `mma` is two `HMMA.16816` on sm_90).
+    pub hmma_per_iter: usize,
     /// One-line description for the report.
     pub what: String,
 }
@@ -109,6 +112,7 @@ pub fn sources(shape: WeightShape) -> Vec<KernelSource> {
             source: compile(&k),
             weights_per_iter: 32,
             loads128_per_iter: 0,
+            hmma_per_iter: 0,
             what: "activations → int8 blocks of 32 (one unit per block, no loop)".into(),
         });
     }
@@ -147,6 +151,7 @@ pub fn sources(shape: WeightShape) -> Vec<KernelSource> {
             weights_per_iter: 32 * p.unroll,
             // The code vectors + 2 activation vectors per code vector and batch row.
             loads128_per_iter: p.unroll * (1 + 2 * m),
+            hmma_per_iter: 0,
             what: format!(
                 "int8 GEMV, M = {m}, {} lanes × {} rows per cube, {} vectors in flight, {}",
                 p.lanes,
@@ -210,6 +215,7 @@ pub fn sources(shape: WeightShape) -> Vec<KernelSource> {
             source,
             weights_per_iter: 32 * p.unroll,
             loads128_per_iter: p.unroll * (1 + m * 32 / xv),
+            hmma_per_iter: 0,
             what: format!(
                 "exact GEMV, {} activations in vectors of {xv}, M = {m}",
                 dtype.name()
@@ -243,8 +249,10 @@ pub fn sources(shape: WeightShape) -> Vec<KernelSource> {
         out.push(KernelSource {
             name: format!("gemm-cmma-f16-m{m}"),
             source: compile(&k),
-            weights_per_iter: 16 * t.warps * 32 / (32 * t.warps),
+            // A K tile of 32 for the cube's 16·warps rows, over 32·warps units: 16 weights.
+            weights_per_iter: 16,
             loads128_per_iter: 0,
+            hmma_per_iter: 2 * 2 * t.tile_m / 16,
             what: format!(
                 "tensor-core GEMM, {} × {} tile, K step 32",
                 t.tile_m,
@@ -282,6 +290,7 @@ pub fn sources(shape: WeightShape) -> Vec<KernelSource> {
             source: compile(&k),
             weights_per_iter: 0,
             loads128_per_iter: 0,
+            hmma_per_iter: 0,
             what: format!(
                 "SIMT GEMM, {} × {} tile, {} units",
                 t.tile_m, t.tile_n, t.units
@@ -311,6 +320,7 @@ pub fn sources(shape: WeightShape) -> Vec<KernelSource> {
             source: compile(&k),
             weights_per_iter: 8,
             loads128_per_iter: 0,
+            hmma_per_iter: 0,
             what: "dequantize to f16 (one unit per code word, no loop)".into(),
         });
     }

@@ -22,9 +22,8 @@
 //! `y[m, n] = Σ_g ŝ_g · (T8·2^es · Σ_b d_b · Σ_k q[c_k]·xq_k + mid·2^es · Σ_{k∈g} x_k) + 2^ez · Σ_g ẑ_g · Σ_{k∈g} x_k`
 //! (int8 path, activations `x ≈ d_b · xq` per block `b` of 32).
 //!
-//! The int8 table is the CPU int8 path's (`mid = (min + max) / 2`, `T8 = (max − min) / 254`, 1
-//! for a constant table, rounding half to even, as the AVX2 code does), so the GPU int8 path
-//! quantizes weights exactly as the CPU one.
+//! The int8 table is the CPU int8 path's ([`int8_table`]: 256 even steps between the table's
+//! extremes, `q ∈ [−128, 127]`), so the GPU int8 path quantizes weights exactly as the CPU one.
 
 use any4_core::QuantizedView;
 use cubecl::prelude::*;
@@ -115,23 +114,33 @@ pub struct HostLayout {
     pub shape: WeightShape,
 }
 
-/// A row's table as int8: `t[c] ≈ mid + scale · q[c]`, the CPU int8 path's quantization.
+/// A row's table as int8, `t[c] ≈ mid + scale · q[c]`: the CPU int8 path's table numerics.
 ///
-/// `mid = (min + max) / 2`, `scale = max |t − mid| / 127 = (max − min) / 254` (1 for a constant
-/// table), `q = round((t − mid) / scale)` half to even (as `_mm256_cvtps_epi32` rounds), within ±127.
+/// `scale = (max t − min t) / 255`, `u[c] = round((t[c] − min t) / scale)` in `[0, 255]` (ties to
+/// even), `q[c] = u[c] − 128`, `mid = min t + 128 · scale`; a constant table (or one so narrow
+/// that `1 / scale` overflows) gets `scale = 0`, `mid = min t`. This is any4-core's
+/// `int8_table` on the CPU branch (same operations in the same order, so bit-identical); once
+/// that function is public on main, this one becomes a call to it.
 pub fn int8_table(t: &[f32; 16]) -> ([i8; 16], f32, f32) {
     let (mut lo, mut hi) = (t[0], t[0]);
     for &v in &t[1..] {
         lo = lo.min(v);
         hi = hi.max(v);
     }
-    let mid = 0.5 * (lo + hi);
-    let amax = 0.5 * (hi - lo);
-    let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+    let scale = (hi - lo) / 255.0;
     let inv = 1.0 / scale;
-    let q =
-        std::array::from_fn(|c| ((t[c] - mid) * inv).round_ties_even().clamp(-127.0, 127.0) as i8);
-    (q, scale, mid)
+    let (scale, inv) = if scale > 0.0 && inv.is_finite() {
+        (scale, inv)
+    } else {
+        (0.0, 0.0)
+    };
+    // Ties to even by the 1.5 · 2^23 trick, as the CPU code (and `cvtps2dq`) rounds.
+    const MAGIC: f32 = 12_582_912.0;
+    let q = std::array::from_fn(|c| {
+        let u = (((t[c] - lo) * inv + MAGIC) - MAGIC) as i32;
+        u.clamp(0, 255) as u8 as i8 ^ i8::MIN
+    });
+    (q, scale, lo + 128.0 * scale)
 }
 
 /// The smallest power of two `>= max |v|` (1 when all are zero), as an f32.
@@ -238,8 +247,44 @@ impl DeviceWeight {
 
     /// Uploads a layout built with [`HostLayout::from_view`].
     pub fn upload_layout(client: &Client, layout: &HostLayout) -> Self {
+        let mut weight = Self::upload_layout_without_codes(client, layout);
+        weight.codes = client.create_from_slice(bytemuck::cast_slice(&layout.codes));
+        weight
+    }
+
+    /// Uploads a layout's pairs and tables and takes `codes` as its code buffer: a buffer
+    /// holding the portable codes (`u32[N, ceil(K/8)]`) when `K` is a multiple of 32, in which
+    /// case they are the device codes already (no copy). Errors if `K % 32 ≠ 0` or the buffer
+    /// is smaller than `N · K / 2` bytes.
+    pub fn upload_layout_with_codes(
+        client: &Client,
+        layout: &HostLayout,
+        codes: Handle,
+    ) -> Result<Self> {
+        let s = layout.shape;
+        if !s.k().is_multiple_of(VECTOR_WEIGHTS) {
+            return Err(Error::LengthMismatch {
+                name: "codes (shared buffers need K % 32 = 0)",
+                expected: s.n() * s.vectors_per_row() * 4,
+                actual: s.n() * s.k().div_ceil(8),
+            });
+        }
+        let expected_bytes = (s.n() * s.vectors_per_row() * 16) as u64;
+        if codes.size_in_used() < expected_bytes {
+            return Err(Error::BufferTooSmall {
+                name: "codes",
+                expected_bytes,
+                actual_bytes: codes.size_in_used(),
+            });
+        }
+        let mut weight = Self::upload_layout_without_codes(client, layout);
+        weight.codes = codes;
+        Ok(weight)
+    }
+
+    fn upload_layout_without_codes(client: &Client, layout: &HostLayout) -> Self {
         Self {
-            codes: client.create_from_slice(bytemuck::cast_slice(&layout.codes)),
+            codes: client.empty(16),
             params: client.create_from_slice(bytemuck::cast_slice(&layout.params)),
             table: client.create_from_slice(bytemuck::cast_slice(&layout.table)),
             table8: client.create_from_slice(bytemuck::cast_slice(&layout.table8)),
@@ -290,15 +335,15 @@ mod tests {
     fn int8_table_matches_the_cpu_formula() {
         let t: [f32; 16] = std::array::from_fn(|i| i as f32);
         let (q, scale, mid) = int8_table(&t);
-        assert_eq!((scale, mid), (7.5 / 127.0, 7.5));
-        assert_eq!((q[0], q[15]), (-127, 127));
-        let (q, scale, _) = int8_table(&[2.5; 16]);
-        assert_eq!((q, scale), ([0; 16], 1.0));
-        // Negating the table negates the int8 codes exactly (rounding is symmetric).
-        let neg: [f32; 16] = std::array::from_fn(|i| -t[i]);
-        let (qn, sn, mn) = int8_table(&neg);
-        assert_eq!((sn, mn), (7.5 / 127.0, -7.5));
-        let (qp, _, _) = int8_table(&t);
-        assert!(qn.iter().zip(qp).all(|(a, b)| *a == -b));
+        assert_eq!((scale, mid), (15.0 / 255.0, 128.0 * (15.0 / 255.0)));
+        assert_eq!((q[0], q[15]), (-128, 127));
+        for (c, &v) in t.iter().enumerate() {
+            assert!(
+                (mid + scale * q[c] as f32 - v).abs() <= scale / 2.0 + 1e-6,
+                "code {c}"
+            );
+        }
+        let (q, scale, mid) = int8_table(&[2.5; 16]);
+        assert_eq!((q, scale, mid), ([-128; 16], 0.0, 2.5));
     }
 }

@@ -23,6 +23,8 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+#[cfg(feature = "cuda")]
+pub mod cublas;
 pub mod dequantize;
 mod error;
 pub mod gemm;
