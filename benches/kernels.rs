@@ -60,7 +60,11 @@ struct Args {
 
 fn parse_list(s: &str) -> Result<Vec<usize>, String> {
     s.split(',')
-        .map(|v| v.trim().parse::<usize>().map_err(|_| format!("not a number: `{v}`")))
+        .map(|v| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("not a number: `{v}`"))
+        })
         .collect()
 }
 
@@ -71,7 +75,11 @@ fn parse_shapes(s: &str) -> Result<Vec<(usize, usize)>, String> {
             let (n, k) = v
                 .split_once(['x', '×'])
                 .ok_or_else(|| format!("shape `{v}` is not N×K (e.g. 16384x8192)"))?;
-            let num = |t: &str| t.trim().parse::<usize>().map_err(|_| format!("not a number: `{t}`"));
+            let num = |t: &str| {
+                t.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("not a number: `{t}`"))
+            };
             Ok((num(n)?, num(k)?))
         })
         .collect()
@@ -96,7 +104,10 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{arg} needs a value"));
-        let num = |v: String| v.parse::<usize>().map_err(|_| format!("`{v}` is not a number"));
+        let num = |v: String| {
+            v.parse::<usize>()
+                .map_err(|_| format!("`{v}` is not a number"))
+        };
         match arg.as_str() {
             "--backend" => a.backend = val()?,
             "--sizes" => sizes = Some(parse_list(&val()?)?),
@@ -130,7 +141,11 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let gpu = matches!(a.backend.as_str(), "cuda" | "wgpu");
-    a.dtype = dtype.unwrap_or(if a.backend == "cuda" { DType::BF16 } else { DType::F32 });
+    a.dtype = dtype.unwrap_or(if a.backend == "cuda" {
+        DType::BF16
+    } else {
+        DType::F32
+    });
     a.copies_mb = copies_mb.unwrap_or(if gpu { 512 } else { 128 });
     a.shapes = match (sizes, shapes) {
         (None, None) if a.backend == "cuda" => GPU_SHAPES.to_vec(),
@@ -142,11 +157,19 @@ fn parse_args() -> Result<Args, String> {
             .chain(shapes.unwrap_or_default())
             .collect(),
     };
-    if let Some(&(n, k)) = a.shapes.iter().find(|&&(n, k)| n == 0 || k == 0 || k % 8 != 0) {
-        return Err(format!("shape {n}×{k}: N and K must be positive, K a multiple of 8"));
+    if let Some(&(n, k)) = a
+        .shapes
+        .iter()
+        .find(|&&(n, k)| n == 0 || k == 0 || k % 8 != 0)
+    {
+        return Err(format!(
+            "shape {n}×{k}: N and K must be positive, K a multiple of 8"
+        ));
     }
     if a.repeats == 0 || a.calls == 0 || a.batches.contains(&0) || a.precisions.is_empty() {
-        return Err("--repeats, --calls, --precision and every --batch must be non-empty / >= 1".into());
+        return Err(
+            "--repeats, --calls, --precision and every --batch must be non-empty / >= 1".into(),
+        );
     }
     Ok(a)
 }
@@ -164,7 +187,9 @@ fn random_any4(n: usize, k: usize, seed: u64) -> QuantizedMatrix {
     let mut r = SplitMix64::new(seed);
     let cfg = Any4Config::new(Format::Any4).with_group_size(GroupSize::G128);
     let groups = cfg.group_size().groups_for(k);
-    let codes = (0..n * k.div_ceil(8)).map(|_| r.next_u64() as u32).collect();
+    let codes = (0..n * k.div_ceil(8))
+        .map(|_| r.next_u64() as u32)
+        .collect();
     let table = (0..n)
         .flat_map(|_| {
             let mut t: Vec<f32> = (0..16)
@@ -174,8 +199,12 @@ fn random_any4(n: usize, k: usize, seed: u64) -> QuantizedMatrix {
             t
         })
         .collect();
-    let scales = (0..n * groups).map(|_| 1e-3 + r.next_f64() as f32 * 1e-3).collect();
-    let zeros = (0..n * groups).map(|_| -0.01 * r.next_f64() as f32).collect();
+    let scales = (0..n * groups)
+        .map(|_| 1e-3 + r.next_f64() as f32 * 1e-3)
+        .collect();
+    let zeros = (0..n * groups)
+        .map(|_| -0.01 * r.next_f64() as f32)
+        .collect();
     QuantizedMatrix::from_parts(cfg, [n, k], codes, table, scales, zeros).expect("consistent parts")
 }
 
@@ -190,7 +219,10 @@ fn sync(y: Tensor<2>) {
 }
 
 fn to_vec(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default()
 }
 
 /// `max |a − b| / max |a|`; infinite when either holds a non-finite value or the lengths differ.
@@ -199,7 +231,10 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
         return f64::INFINITY;
     }
     let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
-    let diff = a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64));
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64));
     if scale > 0.0 { diff / scale } else { diff }
 }
 
@@ -252,7 +287,12 @@ struct Baseline {
 }
 
 #[cfg(feature = "cuda")]
-fn cublas(args: &Args, w: &[f32], x: &[f32], (m, n, k): (usize, usize, usize)) -> Result<Baseline, String> {
+fn cublas(
+    args: &Args,
+    w: &[f32],
+    x: &[f32],
+    (m, n, k): (usize, usize, usize),
+) -> Result<Baseline, String> {
     let copies = (args.copies_mb << 20).div_ceil(n * k * 2).max(1);
     let mut b = any4_kernels::cublas::CublasBf16::new(0, w, x, (m, n, k), copies)?;
     b.call()?;
@@ -262,11 +302,22 @@ fn cublas(args: &Args, w: &[f32], x: &[f32], (m, n, k): (usize, usize, usize)) -
         .map(|_| b.time_us(args.calls, args.warmup_ms))
         .collect::<Result<Vec<_>, _>>()?;
     runs.sort_by(f64::total_cmp);
-    Ok(Baseline { name: "cublas-bf16".into(), us: runs[runs.len() / 2], bytes: n * k * 2, output })
+    Ok(Baseline {
+        name: "cublas-bf16".into(),
+        us: runs[runs.len() / 2],
+        bytes: n * k * 2,
+        output,
+    })
 }
 
 /// Burn's dense matmul on `dev` in `args.dtype` over rotating copies of `w`.
-fn burn_dense(args: &Args, dev: &Device, w: &[f32], x: &Tensor<2>, (n, k): (usize, usize)) -> Baseline {
+fn burn_dense(
+    args: &Args,
+    dev: &Device,
+    w: &[f32],
+    x: &Tensor<2>,
+    (n, k): (usize, usize),
+) -> Baseline {
     let bytes = n * k * if args.dtype == DType::F32 { 4 } else { 2 };
     let copies = (args.copies_mb << 20).div_ceil(bytes).max(1);
     let dense: Vec<Tensor<2>> = (0..copies)
@@ -281,8 +332,17 @@ fn burn_dense(args: &Args, dev: &Device, w: &[f32], x: &Tensor<2>, (n, k): (usiz
         i = (i + 1) % dense.len();
         x.clone().matmul(dense[i].clone())
     });
-    let tuned = if cfg!(feature = "autotune") { "autotune-" } else { "" };
-    Baseline { name: format!("burn-{tuned}{}", dtype_name(args.dtype)), us, bytes, output }
+    let tuned = if cfg!(feature = "autotune") {
+        "autotune-"
+    } else {
+        ""
+    };
+    Baseline {
+        name: format!("burn-{tuned}{}", dtype_name(args.dtype)),
+        us,
+        bytes,
+        output,
+    }
 }
 
 fn main() {
@@ -298,8 +358,9 @@ fn main() {
         let w = q.dequantize();
         let any4_bytes = n * k / 2 + n * k.div_ceil(128) * 4;
         let copies = (args.copies_mb << 20).div_ceil(n * k / 2).max(1);
-        let mut any4: Vec<Any4Linear> =
-            (0..copies).map(|_| Any4Linear::from_quantized(&q, None, &dev)).collect();
+        let mut any4: Vec<Any4Linear> = (0..copies)
+            .map(|_| Any4Linear::from_quantized(&q, None, &dev))
+            .collect();
         for &m in &args.batches {
             let mut r = SplitMix64::new(7);
             let xv: Vec<f32> = (0..m * k).map(|_| r.next_gaussian() as f32).collect();
@@ -308,6 +369,7 @@ fn main() {
                 (&dev, args.dtype),
             );
             // Baselines first (their outputs are the mismatch check's reference).
+            #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
             let mut baselines = vec![burn_dense(&args, &dev, &w, &x, (n, k))];
             #[cfg(feature = "cuda")]
             if args.backend == "cuda" {

@@ -44,9 +44,11 @@ pub fn kit(part: &str) -> Result<()> {
     ];
     // Burn's autotuned dense kernels in the bench baseline, where the workspace offers them.
     let manifest = std::fs::read_to_string("Cargo.toml").map_err(|e| e.to_string())?;
-    let mut features =
-        "any4-kernels/cuda,any4-burn/cuda,burn-any4/cuda".to_string();
-    if manifest.lines().any(|l| l.trim_start().starts_with("autotune =")) {
+    let mut features = "any4-kernels/cuda,any4-burn/cuda,burn-any4/cuda".to_string();
+    if manifest
+        .lines()
+        .any(|l| l.trim_start().starts_with("autotune ="))
+    {
         features.push_str(",burn-any4/autotune");
     }
     let built = cargo_executables(
@@ -109,7 +111,11 @@ pub fn kit(part: &str) -> Result<()> {
     }
     for p in &packed {
         let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        eprintln!("  {} ({:.1} MiB)", p.display(), size as f64 / (1 << 20) as f64);
+        eprintln!(
+            "  {} ({:.1} MiB)",
+            p.display(),
+            size as f64 / (1 << 20) as f64
+        );
     }
     let total = dir_bytes(kit);
     eprintln!(
@@ -135,7 +141,8 @@ fn cargo_executables(
     env: &[(&str, String)],
 ) -> Result<Vec<(String, String, String, PathBuf)>> {
     let mut cmd = Command::new("cargo");
-    cmd.args(args).arg("--message-format=json-render-diagnostics");
+    cmd.args(args)
+        .arg("--message-format=json-render-diagnostics");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -144,7 +151,11 @@ fn cargo_executables(
         .output()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !out.status.success() {
-        return Err(format!("`cargo {}` failed ({})", args.join(" "), out.status));
+        return Err(format!(
+            "`cargo {}` failed ({})",
+            args.join(" "),
+            out.status
+        ));
     }
     let mut found = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -175,7 +186,10 @@ fn cargo_executables(
         found.push((pkg, kind, target.to_string(), PathBuf::from(exe)));
     }
     if found.is_empty() {
-        return Err(format!("`cargo {}` reported no executables", args.join(" ")));
+        return Err(format!(
+            "`cargo {}` reported no executables",
+            args.join(" ")
+        ));
     }
     Ok(found)
 }
@@ -183,7 +197,10 @@ fn cargo_executables(
 /// Copy, strip and `xz -9` `exe` to `dest.xz`.
 fn pack(exe: &Path, dest: &Path) -> Result<PathBuf> {
     copy(exe, dest)?;
-    for (prog, args) in [("strip", vec!["--strip-all"]), ("xz", vec!["-9", "-T2", "-f"])] {
+    for (prog, args) in [
+        ("strip", vec!["--strip-all"]),
+        ("xz", vec!["-9", "-T2", "-f"]),
+    ] {
         let ok = Command::new(prog)
             .args(&args)
             .arg(dest)

@@ -239,18 +239,35 @@ fn analyse(tools: &Tools, cu: &Path, meta: &Meta) -> Result<Figures> {
     std::fs::write(cu.with_extension("sass"), &sass.stdout).map_err(|e| e.to_string())?;
     // Trailing `BRA self` padding is not code.
     let total = insts.iter().filter(|i| i.opcode != "NOP").count();
+    let count = |body: &[Inst], f: fn(&str) -> bool| body.iter().filter(|i| f(&i.opcode)).count();
+    let is_hmma: fn(&str) -> bool = |op| op.starts_with("HMMA");
     let main = loops(&insts).into_iter().max_by_key(|&(s, e)| {
-        let loads = insts[s..=e].iter().filter(|i| is_ldg128(&i.opcode)).count();
-        (loads, std::cmp::Reverse(e - s))
+        let body = &insts[s..=e];
+        (
+            count(body, is_ldg128),
+            count(body, is_hmma),
+            std::cmp::Reverse(e - s),
+        )
     });
     let (body, loop_weights) = match main {
         Some((s, e)) => {
             let body = &insts[s..=e];
-            let loads = body.iter().filter(|i| is_ldg128(&i.opcode)).count();
-            let weights = (meta.loads128_per_iter > 0
-                && loads.is_multiple_of(meta.loads128_per_iter))
-            .then(|| loads / meta.loads128_per_iter * meta.weights_per_iter);
-            (body, weights.filter(|&w| w > 0))
+            // nvcc's unroll factor: the loop's 128-bit loads (or tensor-core instructions) over
+            // what one source iteration issues.
+            let per_iter = if meta.loads128_per_iter > 0 {
+                Some((count(body, is_ldg128), meta.loads128_per_iter))
+            } else if meta.hmma_per_iter > 0 {
+                Some((count(body, is_hmma), meta.hmma_per_iter))
+            } else {
+                None
+            };
+            let unroll = per_iter
+                .filter(|(found, per)| found.is_multiple_of(*per))
+                .map(|(found, per)| found / per);
+            (
+                body,
+                unroll.map(|u| u * meta.weights_per_iter).filter(|&w| w > 0),
+            )
         }
         None => (
             &insts[..],

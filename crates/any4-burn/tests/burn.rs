@@ -796,6 +796,7 @@ fn check_negation(dev: &Device) {
 /// (rounded by ≤ 2^-11 ≈ 4.9e-4), so a product is off by up to ~2^-10 ≈ 1e-3 of its size and a
 /// sum of 32 of them, relative to the largest output, by up to ~1e-3 (3.2e-4 measured on an H200
 /// against `KERNEL_REL_TOL`'s 1e-4). A wrong weight or transposition is off by O(1).
+#[cfg(any(feature = "cpu", feature = "wgpu", feature = "cuda"))]
 const TF32_MATMUL_TOL: f32 = 2e-3;
 
 /// Autodiff on the device: `dx = dy · W` through the extension's backward.

@@ -57,7 +57,15 @@ impl CublasBf16 {
             .collect::<Result<Vec<_>, _>>()?;
         let x = stream.clone_htod(&xh).map_err(|e| err("x", e))?;
         let y = stream.alloc_zeros::<bf16>(m * n).map_err(|e| err("y", e))?;
-        Ok(Self { stream, blas, weights, x, y, next: 0, shape: (m, n, k) })
+        Ok(Self {
+            stream,
+            blas,
+            weights,
+            x,
+            y,
+            next: 0,
+            shape: (m, n, k),
+        })
     }
 
     /// Queues one GEMM on the next weight copy.
@@ -88,7 +96,10 @@ impl CublasBf16 {
 
     /// The last output, row-major `[M, N]`, as f32.
     pub fn output(&self) -> Result<Vec<f32>, String> {
-        let y = self.stream.clone_dtoh(&self.y).map_err(|e| err("read y", e))?;
+        let y = self
+            .stream
+            .clone_dtoh(&self.y)
+            .map_err(|e| err("read y", e))?;
         Ok(y.iter().map(|v| v.to_f32()).collect())
     }
 

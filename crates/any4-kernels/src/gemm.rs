@@ -4,7 +4,7 @@
 //! [`gemm_kernel`](fn@gemm_kernel) computes one `tile_m × tile_n` output tile per cube. For each
 //! K tile of 32 it stages `x[tile_m, 32]` and the **dequantized** `W[tile_n, 32]` in shared memory,
 //! both K-major (`xs[kk][m]`, `ws[kk][n]`): each code word is read once per cube and expanded to
-//! 8 weights with its group's pair. Unit `(ur, uc)` owns rows `ur + a·unit_rows` and columns
+//! 8 weights with its group's pair, through the tile rows' tables (staged in shared memory once). Unit `(ur, uc)` owns rows `ur + a·unit_rows` and columns
 //! `uc + b·unit_cols` of the tile (interleaved, not blocked): the units of a warp read
 //! consecutive `ws` words (no bank conflicts) and one `xs` word (a broadcast), and store
 //! consecutive outputs. Out-of-range rows, columns and K tails are zero-padded, so any M, N, K
@@ -53,6 +53,17 @@ pub fn gemm_kernel<F: Float>(
 
     let mut xs = Shared::<[f32]>::new_slice(comptime!(tile_m * tile_k));
     let mut ws = Shared::<[f32]>::new_slice(comptime!(tile_n * tile_k));
+    // The tile rows' tables, once (rows past N read zeros).
+    let mut lut = Shared::<[f32]>::new_slice(comptime!(tile_n * 16));
+    for i in range_stepped(unit, comptime!(tile_n * 16), units) {
+        let gn = n0 + i / 16;
+        let mut t = 0.0f32;
+        if gn < n {
+            t = table[gn * 16 + i % 16];
+        }
+        lut[i] = t;
+    }
+    sync_cube();
     let mut acc = Array::<f32>::new(comptime!(reg_m * reg_n));
     let mut xr = Array::<f32>::new(reg_m);
     let mut wr = Array::<f32>::new(reg_n);
@@ -85,21 +96,18 @@ pub fn gemm_kernel<F: Float>(
             let mut word = 0u32;
             let mut s = 0.0f32;
             let mut z = 0.0f32;
-            let mut trow = 0usize;
             if gn < n {
                 word = codes[gn * words_per_row + word_col];
                 let pair = params[gn * groups + (word_col >> wshift)];
                 let f = rows[gn];
                 s = f16_bits_to_f32(pair, native_f16) * f.extract(2usize);
                 z = f16_bits_to_f32(pair >> 16u32, native_f16) * f.extract(3usize);
-                trow = gn * 16;
             }
+            // Rows past N: zero table, scale and zero, so zero weights.
+            let trow = (r * 16) as u32;
             #[unroll]
             for j in 0..8u32 {
-                let mut v = 0.0f32;
-                if gn < n {
-                    v = table[trow + ((word >> (4 * j)) & 15u32) as usize] * s + z;
-                }
+                let v = lut[(((word >> (4 * j)) & 15u32) | trow) as usize] * s + z;
                 ws[(wi * 8 + j as usize) * tile_n + r] = v;
             }
         }

@@ -10,7 +10,7 @@
 //! - the W tile is dequantized through the row's table (`t[c]·ŝ·2^es + ẑ·2^ez`, rounded to `H`)
 //!   into shared memory as `ws[n][k]`, the activations as `xs[m][k]`; both rows are padded from
 //!   32 to 40 elements (80 bytes), so the 16 rows a fragment load touches start in different bank
-//!   groups;
+//!   groups; the tile rows' f32 tables are staged in shared memory once, before the K loop;
 //! - two `k = 16` steps: `A = xs[16i.., kk..]` (row-major), `B = ws[16p.., kk..]` read as the
 //!   column-major `K × N` matrix `Wᵀ`, `acc_i += A · B`.
 //!
@@ -62,6 +62,19 @@ pub fn gemm_cmma_kernel<F: Float, Op: Float>(
 
     let mut xs = Shared::<[Op]>::new_aligned_slice(comptime!(tile_m * STRIDE), 16usize);
     let mut ws = Shared::<[Op]>::new_aligned_slice(comptime!(tile_n * STRIDE), 16usize);
+
+    // The tile rows' tables, once: every K tile's dequantization looks up shared memory, not
+    // global memory (rows past N read zeros).
+    let mut lut = Shared::<[f32]>::new_slice(comptime!(tile_n * 16));
+    for i in range_stepped(unit, comptime!(tile_n * 16), units) {
+        let gn = n0 + i / 16;
+        let mut t = 0.0f32;
+        if gn < n {
+            t = table[gn * 16 + i % 16];
+        }
+        lut[i] = t;
+    }
+    sync_cube();
 
     let mut accs = Sequence::<cmma::Matrix<f32>>::new();
     #[unroll]
@@ -119,20 +132,17 @@ pub fn gemm_cmma_kernel<F: Float, Op: Float>(
             let gn = n0 + r;
             let mut s = 0.0f32;
             let mut z = 0.0f32;
-            let mut trow = 0usize;
             if gn < n {
                 let f = rows[gn];
                 s = f16_bits_to_f32(pairs[j], native_f16) * f.extract(2usize);
                 z = f16_bits_to_f32(pairs[j] >> 16u32, native_f16) * f.extract(3usize);
-                trow = gn * 16;
             }
+            // Rows past N have zero tables, scales and zeros: their weights are 0.
             let w = words[j];
+            let trow = (r * 16) as u32;
             #[unroll]
             for e in 0..8u32 {
-                let mut v = 0.0f32;
-                if gn < n {
-                    v = table[trow + ((w >> (4 * e)) & 15u32) as usize] * s + z;
-                }
+                let v = lut[(((w >> (4 * e)) & 15u32) | trow) as usize] * s + z;
                 ws[r * STRIDE + wi * 8 + e as usize] = Op::cast_from(v);
             }
         }

@@ -190,7 +190,6 @@ pub fn gemv_plan(props: &DeviceProperties, shape: WeightShape, dtype: Dtype) -> 
     let widest = (16 / elem).min(32);
     let x_vector = props
         .io_optimized_vector_sizes(elem)
-        .map(|v| v as usize)
         .find(|&v| v <= widest && shape.k().is_multiple_of(v) && 32 % v == 0)
         .unwrap_or(1);
     // Loads in flight matter on GPUs with fast planes; elsewhere (the CPU runtime, lavapipe)
