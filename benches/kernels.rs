@@ -345,6 +345,40 @@ fn burn_dense(
     }
 }
 
+/// The kernel the any4 side runs for `m` rows: on Cube backends the kernels' own resolution of
+/// the strategy the Cube extension passes (`Auto`, or `AutoExact` for [`CpuMatmul::Exact`]) on
+/// this device, so the record says which path ran (tensor cores or the SIMT fallback); on Flex
+/// the CPU path (int8 or exact GEMV up to 8 rows, the f32 panel GEMM above).
+fn kernel_path(args: &Args, m: usize, precision: CpuMatmul) -> &'static str {
+    use any4_kernels::cubecl::Device as CubeDevice;
+    let exact = precision == CpuMatmul::Exact;
+    let device = match args.backend.as_str() {
+        "cuda" => CubeDevice::cuda(0),
+        "wgpu" => CubeDevice::wgpu(Default::default()),
+        "cpu" => CubeDevice::cpu(),
+        _ if m > any4_kernels::GEMV_MAX_M => return "flex-gemm",
+        _ if exact => return "flex-exact",
+        _ => return "flex-int8",
+    };
+    let strategy = if exact {
+        any4_kernels::Strategy::AutoExact
+    } else {
+        any4_kernels::Strategy::Auto
+    };
+    let dtype = match args.dtype {
+        DType::F16 => any4_kernels::Dtype::F16,
+        DType::BF16 => any4_kernels::Dtype::BF16,
+        _ => any4_kernels::Dtype::F32,
+    };
+    let path = device.map_err(|e| e.to_string()).and_then(|d| {
+        any4_kernels::resolve(&d.client(), strategy, m, dtype).map_err(|e| e.to_string())
+    });
+    path.map(any4_kernels::Path::name).unwrap_or_else(|e| {
+        eprintln!("bench kernels: {} device: {e}", args.backend);
+        std::process::exit(2)
+    })
+}
+
 fn main() {
     let fail = |e: String| -> ! {
         eprintln!("bench kernels: {e}");
@@ -378,12 +412,11 @@ fn main() {
             }
             let mut seen = std::collections::HashSet::new();
             for &precision in &args.precisions {
-                // Above 8 rows both precisions run the same GEMM: time it once.
-                let (pname, path) = match (precision, m <= 8) {
-                    (CpuMatmul::Exact, true) => ("exact", "gemv-exact"),
-                    (_, true) => ("int8", "gemv-int8"),
-                    (_, false) if args.backend == "cuda" => ("exact", "cmma"),
-                    (_, false) => ("exact", "simt"),
+                let path = kernel_path(&args, m, precision);
+                // Above 8 rows both precisions run the same exact GEMM: time it once.
+                let pname = match path {
+                    "gemv-int8" | "flex-int8" => "int8",
+                    _ => "exact",
                 };
                 if !seen.insert(path) {
                     continue;
