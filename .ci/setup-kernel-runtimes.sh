@@ -2,7 +2,7 @@
 # Install what the CubeCL kernel runtimes need on Debian bookworm, idempotently (run as root):
 #   - wgpu over Mesa lavapipe (software Vulkan): mesa-vulkan-drivers, libvulkan1;
 #   - cubecl `cpu`/`cuda` (cubecl-llvm): Debian's LLVM 22 (llvm-22-dev, libzstd-dev) presented to
-#     tracel-llvm-bundler as an installed LLVM 23.1 bundle (the "shim", see BUILD.md), because the
+#     tracel-llvm-bundler as an installed LLVM 23.1 bundle (the "shim", see docs/BUILD.md), because the
 #     bundler's own download cannot reach GitHub here.
 # Prints the environment variables to export afterwards (XDG_DATA_HOME only for cargo commands).
 set -euo pipefail

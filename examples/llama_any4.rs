@@ -1,7 +1,7 @@
 //! Dense vs any4 on a Llama checkpoint: perplexity, generation, speed and weight memory.
 //!
 //! ```text
-//! cargo run --release --example llama_any4 -- [--model DIR|GGUF] [--format any4] [--group-size 128]
+//! cargo run --release --example llama_any4 -- [--model DIR|GGUF] [--format any4] [--group-size 128|per-row]
 //!     [--prompt TEXT] [--max-tokens N] [--sequential] [--eval FILE] [--seq-len N] [--windows N]
 //! ```
 //!

@@ -1,10 +1,10 @@
 //! Shared body of the `llama_any4` and `mistral_any4` examples: dense vs any4 on one model —
 //! perplexity, generation, decode speed and weight memory.
 //!
-//! Options: `--model DIR|GGUF` `--format any4` `--group-size 128|row` `--prompt TEXT`
-//! `--max-tokens N` `--sequential` `--eval FILE` `--seq-len N` `--windows N` (`--windows` caps the
-//! perplexity windows: default 100, so a run stays near a minute on two cores; `0` = all)
-//! `--backend flex|wgpu|cpu|cuda` (the CubeCL ones with `--features wgpu|cpu|cuda`).
+//! Options (`--help` lists them): `--model DIR|GGUF` `--format any4` `--group-size 128|per-row`
+//! `--prompt TEXT` `--max-tokens N` `--sequential` `--eval FILE` `--seq-len N` `--windows N`
+//! (`--windows` caps the perplexity windows: default 100, so a run stays near a minute on two
+//! cores; `0` = all) `--backend flex|wgpu|cpu|cuda` (the CubeCL ones with `--features …`).
 //!
 //! Steps: load the dense model → perplexity → greedy generation → calibrate on
 //! `CALIBRATION_PROMPT` → quantize the linear layers (LM head and embeddings stay dense) →
@@ -15,75 +15,57 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use any4_burn::{
+use clap::Parser;
+
+use burn_any4::burn::{
     CALIBRATION_PROMPT, QuantizeConfig, Report, quantize_model, quantize_model_sequential,
 };
-use any4_core::{Any4Config, Format, GroupSize};
-use any4_llm::{
+use burn_any4::core::{Any4Config, Format, GroupSize};
+use burn_any4::llm::{
     GenerateConfig, Generation, Llama, Perplexity, PerplexityConfig, Tokenizer, generate,
     load_auto, perplexity, token_tensor,
 };
 
+/// Dense vs any4 on one model: perplexity, greedy generation, decode speed and weight memory.
+#[derive(Parser)]
 struct Args {
-    model: PathBuf,
+    /// HF folder, GGUF file or any4 folder (default: the example's embedded model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Numeric format: any4, any3, any2, int4, nf4, fp4.
+    #[arg(long, default_value = "any4", value_parser = parse::<Format>)]
     format: Format,
-    group: GroupSize,
+    /// Inputs per scale/zero group: 32, 64, 128, 256, 512, 1024 or per-row.
+    #[arg(long, default_value = "128", value_parser = parse::<GroupSize>)]
+    group_size: GroupSize,
+    /// Prompt of the generation.
+    #[arg(long, default_value = "The king said")]
     prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 48)]
     max_tokens: usize,
+    /// Calibrate block by block on the already-quantized earlier blocks.
+    #[arg(long)]
     sequential: bool,
+    /// Evaluation text (default: the model's `heldout.txt`, else the tiny Llama's).
+    #[arg(long)]
     eval: Option<PathBuf>,
+    /// Tokens per perplexity window.
+    #[arg(long, default_value_t = 256)]
     seq_len: usize,
+    /// Perplexity windows at most (0: all); 100 keeps a run near a minute on two cores.
+    #[arg(long, default_value_t = 100)]
     windows: usize,
+    /// Backend: flex, cpu, wgpu, cuda (the CubeCL ones with `--features cpu|wgpu|cuda`).
+    #[arg(long, default_value = "flex")]
     backend: String,
 }
 
-fn parse_args(default_model: &str) -> Result<Args, Box<dyn Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut a = Args {
-        model: root.join(default_model),
-        format: Format::Any4,
-        group: GroupSize::G128,
-        prompt: "The king said".into(),
-        max_tokens: 48,
-        sequential: false,
-        eval: None,
-        seq_len: 256,
-        windows: 100,
-        backend: "flex".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => a.model = value()?.into(),
-            "--format" => a.format = value()?.parse()?,
-            "--group-size" => {
-                let v = value()?;
-                a.group = if v == "row" || v == "0" {
-                    GroupSize::PER_ROW
-                } else {
-                    GroupSize::new(v.parse()?)?
-                }
-            }
-            "--prompt" => a.prompt = value()?,
-            "--max-tokens" => a.max_tokens = value()?.parse()?,
-            "--sequential" => a.sequential = true,
-            "--eval" => a.eval = Some(value()?.into()),
-            "--seq-len" => a.seq_len = value()?.parse()?,
-            "--windows" => a.windows = value()?.parse()?,
-            "--backend" => a.backend = value()?,
-            "-h" | "--help" => {
-                println!(
-                    "llama_any4 [--model DIR] [--format any4|any3|any2|int4|nf4|fp4] \
-                     [--group-size N|row] [--prompt TEXT] [--max-tokens N] [--sequential] \
-                     [--eval FILE] [--seq-len N] [--windows N] [--backend flex|wgpu|cpu|cuda]"
-                );
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument `{other}` (try --help)").into()),
-        }
-    }
-    Ok(a)
+fn parse<T: std::str::FromStr>(s: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse::<T>().map_err(|e| e.to_string())
 }
 
 /// Greedy generation, streamed to stdout as text.
@@ -137,14 +119,18 @@ fn eval(model: &Llama, tok: &Tokenizer, text: &str, cfg: &PerplexityConfig) -> P
 
 /// Run the dense-vs-quantized comparison; `default_model` is relative to the repository root.
 pub fn run(default_model: &str) -> Result<(), Box<dyn Error>> {
-    let args = parse_args(default_model)?;
+    let args = Args::parse();
+    let model_path = args
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(default_model));
     let start = Instant::now();
-    let device = any4_burn::device_from_name(&args.backend)?;
-    let (model, tok) = load_auto(&args.model, &device)?;
+    let device = burn_any4::burn::device_from_name(&args.backend)?;
+    let (model, tok) = load_auto(&model_path, &device)?;
     let c = &model.config;
     println!(
         "model {}: {} layers, hidden {}, heads {}/{} kv, vocab {} (loaded in {:.2}s)",
-        args.model.display(),
+        model_path.display(),
         c.num_hidden_layers,
         c.hidden_size,
         c.num_attention_heads,
@@ -153,7 +139,7 @@ pub fn run(default_model: &str) -> Result<(), Box<dyn Error>> {
         start.elapsed().as_secs_f64()
     );
     let eval_path = args.eval.clone().unwrap_or_else(|| {
-        let own = args.model.join("heldout.txt");
+        let own = model_path.join("heldout.txt");
         if own.exists() {
             own
         } else {
@@ -171,7 +157,7 @@ pub fn run(default_model: &str) -> Result<(), Box<dyn Error>> {
     let dense_ppl = eval(&model, &tok, &text, &pcfg);
     let (dense_gen, dense_text) = run_generation(&model, &tok, &args)?;
 
-    let any4 = Any4Config::new(args.format).with_group_size(args.group);
+    let any4 = Any4Config::new(args.format).with_group_size(args.group_size);
     let qcfg = QuantizeConfig::new(any4);
     let calib = token_tensor(&tok.encode(CALIBRATION_PROMPT, true)?, &device);
     let mode = if args.sequential {
@@ -183,7 +169,7 @@ pub fn run(default_model: &str) -> Result<(), Box<dyn Error>> {
         "\n[{}] calibrating ({mode}) on CALIBRATION_PROMPT ({} tokens), group {}",
         args.format,
         calib.dims()[1],
-        args.group.size().map_or("row".into(), |g| g.to_string())
+        args.group_size
     );
     let (qmodel, report): (Llama, Report) = if args.sequential {
         quantize_model_sequential(model, &qcfg, &calib)?

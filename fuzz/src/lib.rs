@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use any4_burn::{QLinear, QuantizeConfig, impl_qlinear_container, quantize_model, save};
+use any4_core::rng::SplitMix64;
 use any4_core::{Any4Config, Format, GroupSize, ParamDtype};
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
 
-pub mod gguf_writer;
+pub mod gguf_seeds;
 
 /// Called from each target's `init`: writes the seeds of `target` when asked to.
 ///
@@ -63,16 +64,11 @@ pub struct Tiny {
 }
 impl_qlinear_container!(Tiny { up, down });
 
-/// Deterministic values in `[-scale, scale)`.
+/// Deterministic values in `[-scale, scale)` (the project's one generator, `any4_core::rng`).
 pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut r = SplitMix64::new(seed);
     (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
+        .map(|_| (r.next_f64() as f32 * 2.0 - 1.0) * scale)
         .collect()
 }
 
@@ -102,7 +98,8 @@ impl Tiny {
 
 fn quantized_tiny(seed: u64, up: Any4Config, down: Option<Any4Config>) -> Tiny {
     let only = |p: &str, c: Any4Config| QuantizeConfig::new(c).include(p).expect("valid pattern");
-    let (mut model, _) = quantize_model(Tiny::new(seed), &only("up", up), None).expect("quantize up");
+    let (mut model, _) =
+        quantize_model(Tiny::new(seed), &only("up", up), None).expect("quantize up");
     if let Some(c) = down {
         model = quantize_model(model, &only("down", c), None)
             .expect("quantize down")
@@ -179,8 +176,8 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
     match target {
         "checkpoint" => checkpoint_seeds(),
         "quant_config" => quant_config_seeds(),
-        "gguf" => gguf_writer::model_seeds(),
-        "gguf_tokenizer" => gguf_writer::tokenizer_seeds(),
+        "gguf" => gguf_seeds::model_seeds(),
+        "gguf_tokenizer" => gguf_seeds::tokenizer_seeds(),
         "llama_config" => config_seeds(),
         "tokenizer" => tokenizer_seeds(),
         other => panic!("no seeds for target `{other}`"),

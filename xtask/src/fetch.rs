@@ -64,7 +64,7 @@ const SOURCES: &[Source] = &[
     },
 ];
 
-/// sha256 of the GGUF inside the SmolLM2 wheel (DATA.md).
+/// sha256 of the GGUF inside the SmolLM2 wheel (docs/DATA.md).
 const SMOLLM2_GGUF_SHA256: &str =
     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 

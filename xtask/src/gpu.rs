@@ -1,5 +1,5 @@
 //! `cargo xtask gpu-kit kernels|decode`: the GPU check, packed for a device machine that has
-//! CUDA but no Rust toolchain (BUILD.md).
+//! CUDA but no Rust toolchain (docs/BUILD.md).
 //!
 //! One release build here (CubeCL's C++ backend: NVRTC compiles the kernels on the device)
 //! gives the CUDA kernel and Cube-route test binaries and the `kernels` / `decode` benches, in

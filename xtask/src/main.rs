@@ -6,6 +6,8 @@ use std::process::{Command, ExitCode};
 
 mod fetch;
 mod gpu;
+mod llamacpp;
+mod make_model;
 mod plot;
 mod report;
 mod sass;
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some("make-model") => report_result("make-model", make_model::make_model(&args[1..])),
         Some("fetch") => match fetch::fetch(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -51,9 +54,21 @@ fn main() -> ExitCode {
             );
             println!("                 any4 vs dense matmul on one backend, same run");
             println!(
-                "  bench decode [--backend flex|cpu|wgpu|cuda] [--models PATH,...] [--tokens N] [--repeats N]"
+                "  bench decode [--backend flex|cpu|wgpu|cuda] [--models PATH,...] [--random-config smollm2-135m|llama-3.2-1b|llama-3-8b]"
             );
-            println!("                 end-to-end decode tokens/s, dense vs any4, same run");
+            println!(
+                "               [--prompt N] [--tokens N] [--prefill N] [--repeats N] [--lm-head] [--dtype f32|bf16|f16] [--no-dense] [--breakdown] [--tensor-ops]"
+            );
+            println!(
+                "                 end-to-end decode and prefill tokens/s, dense vs any4, same run (all flags: cargo bench --bench decode -- --help)"
+            );
+            println!(
+                "  bench llamacpp [--threads 2[,1]] [--repeats 3] [--only gemv|decode] [--skip-build] [--out DIR] [--model GGUF]"
+            );
+            println!(
+                "                 builds llama.cpp (cached in .cache/llama.cpp), runs its GEMV and llama-bench next to ours"
+            );
+            println!("                 → bench/results/cpu-vs-llamacpp.{{json,md}} (not in CI)");
             println!(
                 "  fetch NAME...  smollm2, ptb, botchan, shakespeare, mistral-tokenizer, llama-vocab, all (into .cache/)"
             );
@@ -65,6 +80,12 @@ fn main() -> ExitCode {
             );
             println!(
                 "  plot kernels [FILE.json...]  bench/results/kernels-*.json → bench/results/kernels.png"
+            );
+            println!(
+                "  make-model --preset llama-3-8b|llama-3-8b-mini --random --out DIR [--seed S]"
+            );
+            println!(
+                "                 sharded bf16 safetensors of the preset's shapes, random weights"
             );
             println!("  ci             run .ci/run (what CI runs)");
             println!(
@@ -122,8 +143,11 @@ fn bench(args: &[String]) -> ExitCode {
             &[],
         ),
         Some(suite @ ("kernels" | "decode")) => bench_backend(suite, &args[1..]),
+        Some("llamacpp") => report_result("bench llamacpp", llamacpp::bench(&args[1..])),
         Some(other) => {
-            eprintln!("xtask bench: unknown suite `{other}` (available: core, kernels, decode)");
+            eprintln!(
+                "xtask bench: unknown suite `{other}` (available: core, kernels, decode, llamacpp)"
+            );
             ExitCode::from(2)
         }
     }

@@ -1,4 +1,5 @@
-//! Calibration: the per-input-channel mean `x̄` of every linear layer's input (ANY4.md §3).
+//! Calibration: the per-input-channel mean `x̄` of every linear layer's input
+//! (docs/METHOD.md §3).
 //!
 //! A [`Calibrator`] is an explicit object (no globals): `attach` switches the chosen dense
 //! layers of a model into the `Calibrating` state, each sharing a [`Probe`] with the calibrator;

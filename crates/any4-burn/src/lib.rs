@@ -33,15 +33,19 @@ mod device;
 mod error;
 mod extension;
 mod linear;
+mod mapper;
 mod pass;
 mod pattern;
 mod weight;
 
-pub use atomic::{write_atomically, write_file_atomically};
+pub use atomic::{
+    CHECKPOINT_FILES, OutputDir, check_output_dir, write_atomically, write_file_atomically,
+};
 pub use calib::{CALIBRATION_PROMPT, CalibrationStats, Calibrator, ChannelSums, Probe};
 pub use checkpoint::{
-    CHECKPOINT_FORMAT, Checkpoint, CheckpointMeta, LayerInfo, SCHEMA_VERSION, bytes_to_f32,
-    check_finite, save,
+    Any4Header, CHECKPOINT_FORMAT, Checkpoint, CheckpointMeta, CheckpointWriter, LayerInfo,
+    PlannedTensor, SCHEMA_VERSION, bytes_to_f32, check_finite, checkpoint_tensor_names,
+    is_any4_checkpoint, read_any4_header, save, write_checkpoint_streaming,
 };
 pub use device::{BACKENDS, device_from_name};
 pub use error::{Error, Result};
@@ -50,8 +54,9 @@ pub use linear::{
     Any4Linear, CalibratingLinear, QLinear, QLinearContainer, join_path, qlinear_paths,
     transposed_contiguous,
 };
+pub use mapper::{reconstruct_linears, reconstruct_linears_as};
 pub use pass::{
     BlockwiseModel, LayerReport, QuantizeConfig, Report, quantize_model, quantize_model_sequential,
 };
 pub use pattern::LayerPattern;
-pub use weight::{Any4Weight, CpuMatmul, Route, route};
+pub use weight::{Any4Weight, CpuMatmul, Route, int8_tables_tensor, route};

@@ -7,7 +7,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::calib::Probe;
 use crate::error::{Error, Result};
-use crate::weight::{Any4Weight, CpuMatmul};
+use crate::weight::{Any4Weight, CpuMatmul, int8_tables_on};
 
 /// A linear layer whose weight is stored in any4 form (frozen; the bias stays dense).
 #[derive(Module, Debug)]
@@ -22,6 +22,10 @@ pub struct Any4Linear {
     pub zeros: Param<Tensor<2>>,
     /// Optional bias `[d_output]`.
     pub bias: Option<Param<Tensor<1>>>,
+    /// Derived from `table` at construction: the CPU int8 path's tables
+    /// ([`int8_tables_tensor`](crate::int8_tables_tensor)), `[1 or d_output, 6]` u32. Must be
+    /// rebuilt whenever `table` changes. Not saved by checkpoints (rebuilt from `table` on load).
+    pub table_i8: Param<Tensor<2, Int>>,
     /// How the weight was quantized.
     #[module(skip)]
     pub config: Any4Config,
@@ -49,8 +53,11 @@ impl Any4Linear {
             TensorData::new(q.codes().to_vec(), [rows, cols.div_ceil(8)]),
             (device, DType::U32),
         );
+        let table_i8 = int8_tables_on(q.table(), device)
+            .expect("a QuantizedMatrix's table is [table_rows, 16]");
         Any4Linear {
             codes: Param::initialized(ParamId::new(), codes),
+            table_i8: Param::initialized(ParamId::new(), table_i8),
             table: frozen(f(q.table(), [q.table_rows(), 16])),
             scales: frozen(f(q.scales(), [rows, q.groups()])),
             zeros: frozen(f(q.zeros(), [rows, q.groups()])),
@@ -72,6 +79,7 @@ impl Any4Linear {
             shape: [self.d_output, self.d_input],
             group: self.config.group_size(),
             cpu: self.cpu,
+            table_i8: self.table_i8.val(),
         }
     }
 

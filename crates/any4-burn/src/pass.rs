@@ -1,6 +1,6 @@
 //! The quantization pass: every selected dense `QLinear` of a model becomes an any4 layer.
 //!
-//! Two calibration modes (ANY4.md §3):
+//! Two calibration modes (docs/METHOD.md §3):
 //! - **one-shot** ([`quantize_model`]): statistics from the full-precision model, collected by the
 //!   caller with a [`Calibrator`](crate::Calibrator) in one forward pass (or none: unweighted);
 //! - **sequential** ([`quantize_model_sequential`]): block by block, each block calibrated on the

@@ -5,7 +5,9 @@
 //! dequantize with Burn tensor ops, then a dense matmul (always valid, autodiff included).
 
 use any4_core::GroupSize;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use crate::error::Result;
 
 use crate::extension::{Any4Backend, Any4WeightPrimitive};
 
@@ -62,6 +64,31 @@ pub struct Any4Weight {
     pub group: GroupSize,
     /// CPU activation precision.
     pub cpu: CpuMatmul,
+    /// Derived from `table` once, when the weight is built ([`int8_tables_tensor`]): the int8
+    /// tables the CPU int8 path reads instead of converting every row's table per call,
+    /// `[1 or rows, any4_core::INT8_TABLE_WORDS]` u32.
+    pub table_i8: Tensor<2, Int>,
+}
+
+/// The int8 tables derived from a `[1 or rows, 16]` table tensor, on its device:
+/// `any4_core::int8_tables` packed `[table_rows, INT8_TABLE_WORDS]` u32 (16 int8 codes, then the
+/// bits of the f32 `scale` and `mid` per row; see that function for the numerics). Integer
+/// storage, so a model-wide float dtype cast leaves it exact. Reads the table back to the host:
+/// call it once when a weight is built (code that builds an [`Any4Linear`](crate::Any4Linear)
+/// field by field sets its `table_i8` with it), never per call.
+pub fn int8_tables_tensor(table: &Tensor<2>) -> Result<Tensor<2, Int>> {
+    let values = crate::linear::read_vec::<f32>(table.to_data(), "any4 table")?;
+    int8_tables_on(&values, &table.device())
+}
+
+/// [`int8_tables_tensor`] of a host `[table_rows, 16]` buffer, uploaded to `device`.
+pub(crate) fn int8_tables_on(table: &[f32], device: &Device) -> Result<Tensor<2, Int>> {
+    let words = any4_core::int8_tables(table)?;
+    let rows = words.len() / any4_core::INT8_TABLE_WORDS;
+    Ok(Tensor::<2, Int>::from_data(
+        TensorData::new(words, [rows, any4_core::INT8_TABLE_WORDS]),
+        (device, DType::U32),
+    ))
 }
 
 /// Which implementation a call takes (chosen from the activation's device).
@@ -97,6 +124,7 @@ impl Any4Weight {
             shape: self.shape,
             group: self.group,
             cpu: self.cpu,
+            table_i8: self.table_i8.clone().into_dispatch(),
         }
     }
 

@@ -839,8 +839,9 @@ fn check_gradient(dev: &Device) {
 }
 
 /// Whether Burn itself can round-trip f32 → `dtype` → f32 on `dev`. The CubeCL CPU runtime built
-/// against the LLVM 22 shim (BUILD.md) reports bf16 support but cannot JIT Burn's own f32 → bf16
-/// cast (`__truncsfbf2` is missing), so that case is skipped as a platform limit, not an any4 one.
+/// against the LLVM 22 shim (docs/BUILD.md) reports bf16 support but cannot JIT Burn's own
+/// f32 → bf16 cast (`__truncsfbf2` is missing), so that case is skipped as a platform limit, not
+/// an any4 one.
 fn casts_exactly(dev: &Device, dtype: burn::tensor::FloatDType) -> bool {
     let v = vec![1.5f32, -2.0, 0.25, 96.0];
     let t = Tensor::<1>::from_data(TensorData::new(v.clone(), [4]), dev);
@@ -943,14 +944,171 @@ macro_rules! backend_tests {
 
 backend_tests!(flex, Device::flex());
 
-#[cfg(feature = "cpu")]
+// CubeCL runtimes. Fusion is all or nothing per build (burn-cubecl's `fusion` feature decides
+// what `burn::backend::Cube` is), so the same checks run as `cube_*` in the project's builds and
+// as `fusion_*` with `--features fusion`: `Fusion<CubeBackend>`, as in an app on Burn's defaults.
+#[cfg(all(feature = "cpu", not(feature = "fusion")))]
 backend_tests!(cube_cpu, Device::cpu());
+#[cfg(all(feature = "cpu", feature = "fusion"))]
+backend_tests!(fusion_cpu, Device::cpu());
 
-#[cfg(feature = "wgpu")]
+#[cfg(all(feature = "wgpu", not(feature = "fusion")))]
 backend_tests!(
     cube_wgpu,
     Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)
 );
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
+backend_tests!(
+    fusion_wgpu,
+    Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)
+);
 
-#[cfg(feature = "cuda")]
+#[cfg(all(feature = "cuda", not(feature = "fusion")))]
 backend_tests!(cube_cuda, Device::cuda(0));
+#[cfg(all(feature = "cuda", feature = "fusion"))]
+backend_tests!(fusion_cuda, Device::cuda(0));
+
+/// The `cube_*` / `fusion_*` names above say which backend ran: check that they tell the truth.
+#[cfg(feature = "cube")]
+#[test]
+fn cube_is_fused_exactly_with_the_fusion_feature() {
+    let name = std::any::type_name::<burn::backend::Cube>();
+    assert_eq!(
+        name.contains("Fusion"),
+        cfg!(feature = "fusion"),
+        "burn::backend::Cube is {name}"
+    );
+}
+
+/// Under fusion an any4 matmul is one opaque custom op (the Cube impl's casts and activation
+/// quantization run inside it, never as ops of their own), and so is a dequantize: the fusion
+/// stream sees exactly one op read the activation or the codes per any4 call, and runs it alone.
+#[cfg(all(feature = "fusion", any(feature = "wgpu", feature = "cpu")))]
+#[test]
+fn fused_any4_ops_are_one_custom_op_each() {
+    use burn_fusion::custom::OperationIr;
+    use burn_fusion::observer::{BlockOperations, FusionObservation, FusionObserver};
+    use std::sync::{Arc, Mutex};
+
+    #[cfg(feature = "wgpu")]
+    let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+    #[cfg(not(feature = "wgpu"))]
+    let dev = Device::cpu();
+    // Shapes no other test uses (the observer sees every test thread's ops): the activation
+    // `[m, cols]` and the codes `[rows, cols / 8]`.
+    let (rows, cols, m) = (40, 136, 3);
+    let watched = [vec![m, cols], vec![rows, cols / 8]];
+
+    /// Every registered op that reads a watched tensor: its kind (a custom op's id), its input
+    /// and output shapes; and the number of ops in each block that runs one of our custom ops.
+    struct Seen {
+        watched: [Vec<usize>; 2],
+        registered: Mutex<Vec<(String, Vec<Vec<usize>>, Vec<Vec<usize>>)>>,
+        blocks: Mutex<Vec<usize>>,
+    }
+    impl Seen {
+        fn reads_watched(&self, op: &OperationIr) -> bool {
+            !matches!(op, OperationIr::Drop(_))
+                && op.inputs().any(|t| {
+                    self.watched
+                        .iter()
+                        .any(|w| t.shape.as_slice() == w.as_slice())
+                })
+        }
+    }
+    impl FusionObserver for Seen {
+        fn registered(&self, op: &OperationIr) {
+            if self.reads_watched(op) {
+                let kind = match op {
+                    OperationIr::Custom(c) => c.id.clone(),
+                    _ => "tensor op".to_string(),
+                };
+                let shapes = |ts: Vec<&burn_fusion::custom::TensorIr>| {
+                    ts.iter().map(|t| t.shape.as_slice().to_vec()).collect()
+                };
+                let entry = (
+                    kind,
+                    shapes(op.inputs().collect()),
+                    shapes(op.outputs().collect()),
+                );
+                self.registered.lock().unwrap().push(entry);
+            }
+        }
+        fn block_starts(&self, block: BlockOperations<'_>) {
+            let any4 =
+                |op: &OperationIr| matches!(op, OperationIr::Custom(_)) && self.reads_watched(op);
+            if block.iter().any(any4) {
+                self.blocks.lock().unwrap().push(block.iter().len());
+            }
+        }
+        fn block_ran(&self) {}
+    }
+
+    let q = quantized(Format::Any4, rows, cols, 64);
+    let bias = randn(rows, 3, 1.0);
+    let bias_t = Tensor::<1>::from_data(TensorData::new(bias.clone(), [rows]), &dev);
+    let mut layer = Any4Linear::from_quantized(&q, Some(bias_t), &dev);
+    layer.cpu = CpuMatmul::Exact;
+    let xs = randn(m * cols, 4, 1.0);
+    let x = tensor_on(xs.clone(), [m, cols], &dev);
+    dev.sync().unwrap();
+    let seen = Arc::new(Seen {
+        watched,
+        registered: Mutex::new(Vec::new()),
+        blocks: Mutex::new(Vec::new()),
+    });
+    let observation = FusionObservation::new(seen.clone());
+    // Element-wise work on both sides, which fusion would like to fuse with the matmul.
+    let y = to_vec(layer.forward(x.mul_scalar(0.5)).tanh());
+    let w = to_vec(layer.weight().dequantize());
+    dev.sync().unwrap();
+    drop(observation);
+
+    let half: Vec<f32> = xs.iter().map(|v| v * 0.5).collect();
+    let expect: Vec<f32> = q
+        .matmul(&half, m)
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v + bias[i % rows]).tanh())
+        .collect();
+    let err = max_rel_diff(&y, &expect);
+    assert!(
+        err <= KERNEL_REL_TOL,
+        "fused forward: relative error {err:.2e}"
+    );
+    for (i, ((a, b), s)) in w
+        .iter()
+        .zip(q.dequantize())
+        .zip(dequant_scale(&q))
+        .enumerate()
+    {
+        assert!(
+            (a - b).abs() <= DEQUANT_ULPS * f32::EPSILON * s,
+            "fused dequantize: w[{i}] = {a}, core {b}"
+        );
+    }
+    let registered = seen.registered.lock().unwrap().clone();
+    let op = |kind: &str, inputs: &[&[usize]], outputs: &[&[usize]]| {
+        let v = |ts: &[&[usize]]| ts.iter().map(|t| t.to_vec()).collect::<Vec<_>>();
+        (kind.to_string(), v(inputs), v(outputs))
+    };
+    let (x, codes, table, groups) = ([m, cols], [rows, cols / 8], [rows, 16], [rows, 3]);
+    let weight: [&[usize]; 4] = [&codes, &table, &groups, &groups];
+    let matmul_inputs = [&x, &codes, &table, &groups, &groups].map(|t| t.as_slice());
+    assert_eq!(
+        registered,
+        vec![
+            op("tensor op", &[&x], &[&x]), // the test's own `x * 0.5`
+            op("any4_matmul", &matmul_inputs, &[&[m, rows]]),
+            op("any4_dequantize", &weight, &[&[rows, cols]]),
+        ],
+        "one custom op per any4 call (x and the weight's 4 tensors in, one tensor out), and \
+         nothing else reads the activation or the codes"
+    );
+    assert_eq!(
+        *seen.blocks.lock().unwrap(),
+        vec![1, 1],
+        "each any4 op runs as a block of its own"
+    );
+}

@@ -14,16 +14,19 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use any4_burn::{
-    CALIBRATION_PROMPT, Calibrator, Checkpoint, QLinear, QLinearContainer, QuantizeConfig,
-    check_finite, quantize_model, quantize_model_sequential,
+    CALIBRATION_PROMPT, Calibrator, Checkpoint, OutputDir, QLinear, QLinearContainer,
+    QuantizeConfig, check_finite, check_output_dir, quantize_model, quantize_model_sequential,
 };
 use any4_core::{Any4Config, Format, GroupSize, ParamDtype, Scaling, Solver};
 use any4_llm::{
     Dataset, GenerateConfig, PerplexityConfig, Sampling, generate, load_auto, perplexity,
-    save_any4, token_tensor,
+    save_any4_to, token_tensor,
 };
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod import;
+mod stream;
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -77,18 +80,6 @@ fn load_checked(path: &Path, device: &Device) -> AnyResult<(any4_llm::Llama, any
     Ok((model, tokenizer))
 }
 
-/// Create the output folder and check a file can be written there before the (long) pass, so
-/// a bad `--out` fails in a second instead of after the quantization.
-fn prepare_out(dir: &Path) -> AnyResult<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("{}: cannot create the output folder: {e}", dir.display()))?;
-    let probe = dir.join(format!(".any4-write-probe.{}", std::process::id()));
-    std::fs::File::create(&probe)
-        .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| format!("{}: the output folder is not writable: {e}", dir.display()))?;
-    Ok(())
-}
-
 #[derive(Parser)]
 #[command(
     name = "any4",
@@ -134,10 +125,35 @@ enum Cmd {
     /// Turn every quantized layer of a checkpoint back into a dense f32 one (a folder that
     /// `eval`, `generate` and `quantize` read as a dense model).
     Dequantize(DequantizeArgs),
+    /// Import a GPTQ or AWQ int4 checkpoint (HF folder) into an any4 folder, losslessly.
+    Import(import::ImportArgs),
     /// Generate text from a prompt.
     Generate(GenerateArgs),
     /// Perplexity of a model on a text file (GPTQ protocol: non-overlapping windows).
     Eval(EvalArgs),
+}
+
+/// Where a command writes a model folder (`quantize`, `dequantize`).
+#[derive(Args)]
+pub(crate) struct OutputArgs {
+    /// Output folder: created, or an existing any4 checkpoint folder replaced whole (never the
+    /// input, nor a folder containing it).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Also write into an existing folder that is not an any4 checkpoint (its
+    /// `model.safetensors`, `config.json` and `tokenizer.json` are replaced, other files kept).
+    #[arg(long)]
+    force: bool,
+}
+
+impl OutputArgs {
+    /// Check `--out` before the (long) pass, so a bad output fails in a second: it must not be,
+    /// or contain, an input; an existing folder must be an any4 checkpoint (replaced whole)
+    /// unless `--force`. Nothing is created until the new folder is complete
+    /// (`any4_burn::OutputDir`).
+    pub(crate) fn check(&self, inputs: &[&Path]) -> AnyResult<OutputDir> {
+        Ok(check_output_dir(&self.out, inputs, self.force)?)
+    }
 }
 
 #[derive(Args)]
@@ -145,9 +161,8 @@ struct QuantizeArgs {
     /// HF model folder, GGUF file, or any4 checkpoint folder.
     #[arg(long)]
     model: PathBuf,
-    /// Output folder (created; an existing checkpoint there is replaced atomically).
-    #[arg(long)]
-    out: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Numeric format.
     #[arg(long, default_value = "any4", value_parser = parse::<Format>)]
     format: Format,
@@ -175,6 +190,14 @@ struct QuantizeArgs {
     /// Calibrate block by block on the already-quantized earlier blocks.
     #[arg(long)]
     sequential: bool,
+    /// Quantize one decoder block at a time from the memory-mapped files, for models larger
+    /// than memory (HF safetensors folders; chosen automatically when the model would not fit).
+    #[arg(long)]
+    stream: bool,
+    /// Memory limit, e.g. 4G: stream when the in-memory pass would need more, and refuse
+    /// before reading any weight when even streaming would.
+    #[arg(long, value_parser = stream::parse_bytes)]
+    max_memory: Option<u64>,
     /// Also quantize the LM head (left dense by default, as in the paper); embeddings stay dense.
     #[arg(long)]
     lm_head: bool,
@@ -201,9 +224,8 @@ struct DequantizeArgs {
     /// any4 checkpoint folder (or any model the other commands read).
     #[arg(long)]
     model: PathBuf,
-    /// Output folder (created; an existing checkpoint there is replaced atomically).
-    #[arg(long)]
-    out: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Print a one-line JSON summary (layers dequantized, dense layers) on stdout.
     #[arg(long)]
     json: bool,
@@ -265,6 +287,46 @@ fn read_text(path: &Path) -> AnyResult<String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
+/// An input whose selected layers are all quantized already (an any4 folder) has nothing to
+/// quantize: say so, and how to re-quantize, instead of a pass over 0 layers. Layers quantized
+/// already next to dense ones (a checkpoint made with `--skip`) are kept as they are.
+fn check_something_to_quantize(
+    path: &Path,
+    model: &mut any4_llm::Llama,
+    cfg: &QuantizeConfig,
+) -> AnyResult<()> {
+    let (mut dense, mut quantized) = (0usize, Vec::new());
+    model.visit_qlinears("", &mut |p, layer| match layer {
+        QLinear::Quant(q) if cfg.selects(p) => quantized.push(q.config),
+        QLinear::Dense(_) if cfg.selects(p) => dense += 1,
+        _ => {}
+    });
+    let Some(first) = quantized.first() else {
+        return Ok(());
+    };
+    if dense == 0 {
+        return Err(format!(
+            "{}: already quantized ({} layers in {}, group {}): nothing to quantize; to \
+             re-quantize from its current weights, run `any4 dequantize --model {} --out DIR` \
+             and quantize DIR",
+            path.display(),
+            quantized.len(),
+            first.format(),
+            first.group_size(),
+            path.display()
+        )
+        .into());
+    }
+    note(format_args!(
+        "{}: {} layers are already quantized ({}) and are kept as they are; quantizing the {dense} \
+         dense ones",
+        path.display(),
+        quantized.len(),
+        first.format()
+    ));
+    Ok(())
+}
+
 fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     let mut any4 = Any4Config::new(a.format)
         .with_group_size(a.group_size)
@@ -280,9 +342,16 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     for p in &a.skip {
         cfg = cfg.exclude(p)?;
     }
-    prepare_out(&a.out)?;
+    let mut inputs = vec![a.model.as_path()];
+    inputs.extend(a.calib_file.as_deref());
+    let out = a.output.check(&inputs)?;
+    if let Some((report, calib_tokens)) = stream::quantize_streaming(&a, &cfg, &out, device)? {
+        let layers = report.layers.len();
+        return print_quantized(&a, &report, calib_tokens, layers, true);
+    }
     let t = Instant::now();
     let (mut model, tokenizer) = load_checked(&a.model, device)?;
+    check_something_to_quantize(&a.model, &mut model, &cfg)?;
     note(format_args!(
         "loaded {} in {:.1}s",
         a.model.display(),
@@ -304,14 +373,26 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
         let stats = calibrator.detach(&mut model);
         quantize_model(model, &cfg, Some(&stats))?
     };
-    let qc = save_any4(&a.out, &mut model, &tokenizer)?;
+    let qc = save_any4_to(&out, &mut model, &tokenizer)?;
+    print_quantized(&a, &report, ids.len(), qc.layers.len(), false)
+}
+
+/// The summary of `quantize`: the JSON line or the report's last line and where it went.
+fn print_quantized(
+    a: &QuantizeArgs,
+    report: &any4_burn::Report,
+    calib_tokens: usize,
+    saved_layers: usize,
+    streamed: bool,
+) -> AnyResult<()> {
     if a.json {
         outln!(
             "{}",
-            serde_json::json!({"model": a.model, "out": a.out, "format": a.format.to_string(),
+            serde_json::json!({"model": a.model, "out": a.output.out, "format": a.format.to_string(),
                 "group_size": a.group_size.to_string(), "kmeans": a.kmeans.to_string(),
                 "calibration": if a.sequential { "sequential" } else { "one-shot" },
-                "calib_tokens": ids.len(), "layers": report.layers.len(),
+                "streamed": streamed,
+                "calib_tokens": calib_tokens, "layers": report.layers.len(),
                 "weights": report.weights(), "bits_per_weight": report.bits_per_weight(),
                 // Codes are stored in 4-bit slots; any3/any2 would need only `bits` per code.
                 "format_bits_per_weight":
@@ -323,15 +404,16 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     }
     outln!("{}", report.to_string().lines().last().unwrap_or_default());
     outln!(
-        "calibration: {} tokens ({}), {} layers quantized, saved to {}",
-        ids.len(),
+        "calibration: {} tokens ({}{}), {} layers quantized, saved to {}",
+        calib_tokens,
         if a.sequential {
             "sequential"
         } else {
             "one-shot"
         },
-        qc.layers.len(),
-        a.out.display()
+        if streamed { ", streamed" } else { "" },
+        saved_layers,
+        a.output.out.display()
     );
     Ok(())
 }
@@ -353,8 +435,37 @@ fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
     }
     let ckpt = Checkpoint::open(&file)?;
     let cfg = ckpt.config();
+    // Per layer: stored bytes (codes, table, scales, zeros, bias) and bits per weight (codes and
+    // quantization parameters, as `any4_core::Any4Config::bits_per_weight` counts them).
+    let mut layers = Vec::with_capacity(cfg.layers.len());
+    let (mut weights, mut bits, mut bytes) = (0usize, 0.0f64, 0usize);
+    for (path, l) in &cfg.layers {
+        let [n, k] = l.shape;
+        let bpw = l.config.bits_per_weight(l.shape);
+        let layer_bytes = ckpt.layer_bytes(path)?;
+        weights += n * k;
+        bits += bpw * (n * k) as f64;
+        bytes += layer_bytes;
+        layers.push((path, l, layer_bytes, bpw));
+    }
+    let bits_per_weight = bits / weights.max(1) as f64;
     if a.json {
-        outln!("{}", serde_json::to_string_pretty(cfg)?);
+        // The stored `quantization_config`, each layer with its bytes and bits per weight, plus
+        // totals.
+        let mut json = serde_json::to_value(cfg)?;
+        for (path, _, layer_bytes, bpw) in &layers {
+            if let Some(layer) = json["layers"][path.as_str()].as_object_mut() {
+                layer.insert("bytes".into(), (*layer_bytes).into());
+                layer.insert("bits_per_weight".into(), (*bpw).into());
+            }
+        }
+        if let Some(top) = json.as_object_mut() {
+            top.insert("file_bytes".into(), ckpt.file_bytes().into());
+            top.insert("quantized_bytes".into(), bytes.into());
+            top.insert("quantized_weights".into(), weights.into());
+            top.insert("bits_per_weight".into(), bits_per_weight.into());
+        }
+        outln!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
     outln!(
@@ -364,20 +475,12 @@ fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
         cfg.tool_version,
         cfg.schema_version
     );
-    outln!("| layer | shape | format | group | scaling | table | bits/weight |");
-    outln!("|---|---|---|---|---|---|---|");
-    let (mut weights, mut bits) = (0usize, 0.0f64);
-    for (path, l) in &cfg.layers {
+    outln!("| layer | shape | format | group | scaling | table | bytes | bits/weight |");
+    outln!("|---|---|---|---|---|---|---:|---:|");
+    for (path, l, layer_bytes, bpw) in &layers {
         let [n, k] = l.shape;
-        let groups = l.config.group_size().groups_for(k);
-        let table_rows = if l.table == "shared" { 1 } else { n };
-        let pbits = l.config.param_dtype().bits() as f64;
-        let bpw =
-            4.0 + (2.0 * (n * groups) as f64 + 16.0 * table_rows as f64) * pbits / (n * k) as f64;
-        weights += n * k;
-        bits += bpw * (n * k) as f64;
         outln!(
-            "| {path} | {n}×{k} | {} | {} | {:?} | {} | {bpw:.3} |",
+            "| {path} | {n}×{k} | {} | {} | {:?} | {} | {layer_bytes} | {bpw:.3} |",
             l.config.format(),
             l.config.group_size(),
             l.config.scaling(),
@@ -385,10 +488,11 @@ fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
         );
     }
     outln!(
-        "{} quantized layers, {:.2} M weights at {:.3} bits/weight; dense: {}",
+        "{} quantized layers, {:.2} M weights in {:.2} MB at {:.3} bits/weight; dense: {}",
         cfg.layers.len(),
         weights as f64 / 1e6,
-        bits / weights.max(1) as f64,
+        bytes as f64 / 1e6,
+        bits_per_weight,
         if cfg.modules_not_quantized.is_empty() {
             "-".to_string()
         } else {
@@ -402,7 +506,7 @@ fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
 /// layer computes with (`table[code] · scale + zero` in f32), bias kept; the folder is written by
 /// `save_any4` with no quantized layer, so it loads as a dense model.
 fn cmd_dequantize(a: DequantizeArgs, device: &Device) -> AnyResult<()> {
-    prepare_out(&a.out)?;
+    let out = a.output.check(&[&a.model])?;
     let (mut model, tokenizer) = load_checked(&a.model, device)?;
     let (mut dequantized, mut dense) = (0usize, 0usize);
     model.visit_qlinears("", &mut |_, layer| {
@@ -413,18 +517,18 @@ fn cmd_dequantize(a: DequantizeArgs, device: &Device) -> AnyResult<()> {
             dense += 1;
         }
     });
-    let qc = save_any4(&a.out, &mut model, &tokenizer)?;
+    let qc = save_any4_to(&out, &mut model, &tokenizer)?;
     debug_assert!(qc.layers.is_empty());
     if a.json {
         outln!(
             "{}",
-            serde_json::json!({"model": a.model, "out": a.out, "dequantized": dequantized,
+            serde_json::json!({"model": a.model, "out": a.output.out, "dequantized": dequantized,
                 "already_dense": dense})
         );
     } else {
         outln!(
             "{dequantized} layers dequantized to f32 ({dense} already dense), saved to {}",
-            a.out.display()
+            a.output.out.display()
         );
     }
     Ok(())
@@ -525,25 +629,13 @@ fn one_line(e: &dyn std::error::Error) -> String {
 /// must not print a second line.
 static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
-/// Run `f`, which writes into `out`: a failed run leaves no empty output folder behind (one that
-/// existed before stays).
-fn removing_new_dir_on_error(out: &Path, f: impl FnOnce() -> AnyResult<()>) -> AnyResult<()> {
-    let created = !out.exists();
-    f().inspect_err(|_| {
-        if created {
-            let _ = std::fs::remove_dir(out);
-        }
-    })
-}
-
 fn run(cli: Cli) -> AnyResult<()> {
     let device = cli.backend.device()?;
     match cli.cmd {
-        Cmd::Quantize(a) => removing_new_dir_on_error(&a.out.clone(), || cmd_quantize(a, &device)),
+        Cmd::Quantize(a) => cmd_quantize(a, &device),
         Cmd::Inspect(a) => cmd_inspect(a),
-        Cmd::Dequantize(a) => {
-            removing_new_dir_on_error(&a.out.clone(), || cmd_dequantize(a, &device))
-        }
+        Cmd::Import(a) => import::cmd_import(a),
+        Cmd::Dequantize(a) => cmd_dequantize(a, &device),
         Cmd::Generate(a) => cmd_generate(a, &device),
         Cmd::Eval(a) => cmd_eval(a, &device),
     }

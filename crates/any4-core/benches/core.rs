@@ -9,7 +9,8 @@
 
 use any4_core::rng::SplitMix64;
 use any4_core::{
-    Any4Config, Format, MatmulPrecision, QuantizedMatrix, Solver, dense_matmul, quantize_matrix,
+    Any4Config, Format, GroupSize, Int8Kernel, MatmulPrecision, QuantizedMatrix, QuantizedView,
+    Solver, dense_matmul, int8_tables, quantize_matrix,
 };
 use divan::Bencher;
 
@@ -129,21 +130,126 @@ fn matvec_dense_f32_cold(bencher: Bencher, i: usize) {
     });
 }
 
-/// The int8-activation decode path (`MatmulPrecision::Int8Activations`), cache-resident.
-#[divan::bench(args = [0, 1], sample_count = 20)]
-fn matvec_any4_int8(bencher: Bencher, i: usize) {
-    let Shapes { n, k } = shape(i);
-    let q = quantized(n, k);
+/// `"<shape>/<kernel>"` for 1024² and the two shapes above, every SIMD int8 kernel this CPU
+/// runs (the shapes of the per-call overhead comparison with the kernels bench through Burn).
+fn int8_cases() -> Vec<&'static str> {
+    let mut cases = Vec::new();
+    for (n, k) in [(1024, 1024)].into_iter().chain(SHAPES) {
+        for kernel in Int8Kernel::supported() {
+            if kernel.name() != "portable" {
+                cases.push(&*Box::leak(
+                    format!("{n}x{k}/{}", kernel.name()).into_boxed_str(),
+                ));
+            }
+        }
+    }
+    cases
+}
+
+/// One weight as a learned any4 layer holds it: per-row tables (int4 codes and scales, its
+/// shared table repeated), plus the int8 tables built once, as the Burn weight stores them.
+struct Layer {
+    shape: [usize; 2],
+    codes: Vec<u32>,
+    table: Vec<f32>,
+    scales: Vec<f32>,
+    zeros: Vec<f32>,
+    int8: Vec<u32>,
+}
+
+impl Layer {
+    fn new(n: usize, k: usize) -> Layer {
+        let q = quantized(n, k);
+        let table = q.table_per_row();
+        Layer {
+            shape: [n, k],
+            codes: q.codes().to_vec(),
+            int8: int8_tables(&table).expect("tables"),
+            table,
+            scales: q.scales().to_vec(),
+            zeros: q.zeros().to_vec(),
+        }
+    }
+
+    fn view(&self) -> QuantizedView<'_> {
+        QuantizedView::new(
+            self.shape,
+            GroupSize::G128,
+            &self.codes,
+            &self.table,
+            &self.scales,
+            &self.zeros,
+        )
+        .and_then(|v| v.with_int8_tables(&self.int8))
+        .expect("view")
+    }
+}
+
+fn parse_case(case: &str) -> (usize, usize, Int8Kernel) {
+    let (shape, kernel) = case.split_once('/').expect("shape/kernel");
+    let (n, k) = shape.split_once('x').expect("NxK");
+    (
+        n.parse().expect("N"),
+        k.parse().expect("K"),
+        Int8Kernel::by_name(kernel).expect("supported kernel"),
+    )
+}
+
+/// The int8 decode path per kernel, per-row tables with precomputed int8 tables, weights
+/// cache-resident where they fit.
+#[divan::bench(args = int8_cases(), sample_count = 30)]
+fn matvec_int8(bencher: Bencher, case: &str) {
+    let (n, k, kernel) = parse_case(case);
+    let layer = Layer::new(n, k);
     let x = student_t(1, k, 3);
-    bencher.bench(|| {
-        q.view()
-            .matmul_with(&x, 1, MatmulPrecision::Int8Activations)
+    bencher.bench(|| layer.view().matmul_int8(&x, 1, kernel).expect("matmul"));
+}
+
+/// As `matvec_int8`, rotating over copies so every call streams its weights from DRAM (decode).
+#[divan::bench(args = int8_cases(), sample_count = 30)]
+fn matvec_int8_cold(bencher: Bencher, case: &str) {
+    let (n, k, kernel) = parse_case(case);
+    let layer = Layer::new(n, k);
+    let copies: Vec<Layer> = (0..copies_for(n * k / 2))
+        .map(|_| Layer {
+            shape: layer.shape,
+            codes: layer.codes.clone(),
+            table: layer.table.clone(),
+            scales: layer.scales.clone(),
+            zeros: layer.zeros.clone(),
+            int8: layer.int8.clone(),
+        })
+        .collect();
+    let x = student_t(1, k, 3);
+    let mut next = 0;
+    bencher.bench_local(|| {
+        next = (next + 1) % copies.len();
+        copies[next]
+            .view()
+            .matmul_int8(&x, 1, kernel)
             .expect("matmul")
     });
 }
 
-/// As `matvec_any4_int8`, rotating over copies so every call reads its weights from DRAM.
+/// The public int8 path (`MatmulPrecision::Int8Activations`: the best kernel, tables converted
+/// per call), from DRAM.
 #[divan::bench(args = [0, 1], sample_count = 20)]
 fn matvec_any4_int8_cold(bencher: Bencher, i: usize) {
     bench_cold(bencher, i, MatmulPrecision::Int8Activations);
+}
+
+/// As `matvec_any4_int8_cold` (one shared table, converted per call) with a chosen kernel: the
+/// `/avx2` cases are what an AVX2-only CPU runs, comparable with earlier runs of that bench.
+#[divan::bench(args = int8_cases(), sample_count = 20)]
+fn matvec_int8_shared_cold(bencher: Bencher, case: &str) {
+    let (n, k, kernel) = parse_case(case);
+    let q = quantized(n, k);
+    let copies = copies_for(n * k / 2);
+    let qs: Vec<QuantizedMatrix> = (0..copies).map(|_| q.clone()).collect();
+    let x = student_t(1, k, 3);
+    let mut next = 0;
+    bencher.bench_local(|| {
+        next = (next + 1) % copies;
+        qs[next].view().matmul_int8(&x, 1, kernel).expect("matmul")
+    });
 }

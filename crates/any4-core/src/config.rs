@@ -63,6 +63,12 @@ impl Format {
         matches!(self, Format::Any4 | Format::Any3 | Format::Any2)
     }
 
+    /// Rows of the stored table of a `rows`-row matrix: one table per row for learned formats,
+    /// one shared table for the fixed ones.
+    pub fn table_rows(self, rows: usize) -> usize {
+        if self.is_learned() { rows } else { 1 }
+    }
+
     /// The scaling each format is normally used with: asymmetric min/max for int4 and anyN,
     /// symmetric absmax for nf4 and fp4 (as in QLoRA / bitsandbytes).
     pub fn default_scaling(self) -> Scaling {
@@ -523,6 +529,16 @@ impl Any4Config {
     /// The precision of tables, scales and zeros.
     pub fn param_dtype(&self) -> ParamDtype {
         self.param_dtype
+    }
+    /// Storage of a `[rows, cols]` matrix in this config, in bits per weight: 4-bit codes plus,
+    /// in the parameter dtype (`p` bits), a scale and a zero per group and the table entries:
+    /// `4 + (2·rows·groups + 16·table_rows) · p / (rows·cols)` — 4.3125 for per-row any4 tables
+    /// at `cols` = 4096, G = 128 in 16-bit. Bias and dense layers are not counted.
+    pub fn bits_per_weight(&self, [rows, cols]: [usize; 2]) -> f64 {
+        let weights = (rows * cols) as f64;
+        let params = 2 * rows * self.group_size.groups_for(cols)
+            + crate::TABLE_LEN * self.format.table_rows(rows);
+        4.0 + params as f64 * f64::from(self.param_dtype.bits()) / weights
     }
     /// Set the group size.
     pub fn with_group_size(mut self, g: GroupSize) -> Self {

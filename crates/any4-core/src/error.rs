@@ -39,7 +39,7 @@ pub enum Error {
     /// A buffer length does not match the shape it should have.
     #[error("{what}: expected {expected} elements, got {got}")]
     ShapeMismatch {
-        /// Which buffer (e.g. "weights [N, K]", "activation statistics [K]").
+        /// Which buffer (e.g. `"weights [N, K]"`, `"activation statistics [K]"`).
         what: &'static str,
         /// Expected element count.
         expected: usize,

@@ -27,6 +27,7 @@ pub mod kmeans;
 pub mod levels;
 mod matmul;
 pub mod pack;
+mod panel;
 mod quantize;
 pub mod rng;
 mod simd;
@@ -34,7 +35,7 @@ mod view;
 
 pub use config::{Any4Config, Format, GroupSize, Init, KMeansConfig, ParamDtype, Scaling, Solver};
 pub use error::{Error, Result};
-pub use int8::MatmulPrecision;
+pub use int8::{INT8_TABLE_WORDS, Int8Kernel, Int8Table, MatmulPrecision, int8_table, int8_tables};
 pub use matmul::dense_matmul;
 pub use quantize::{QuantizedMatrix, Reconstruction, TABLE_LEN, quantize_matrix};
 pub use view::QuantizedView;

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::int8::{BLOCK, MatmulPrecision, Q8Activations, quantize_activations};
+use crate::int8::{Int8Kernel, MatmulPrecision};
 use crate::simd::Isa;
 use crate::view::QuantizedView;
 
@@ -18,7 +18,7 @@ use crate::view::QuantizedView;
 const ROWS_PER_TASK: usize = 16;
 /// Below this many multiply-adds a call runs on the calling thread: waking the pool costs more
 /// than the work (the embedded tiny model's 128 × 128 layers at batch 1).
-const PARALLEL_MIN_MACS: usize = 1 << 16;
+pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 16;
 
 /// `f(task, chunk)` over `chunk`-sized pieces of `out`, on the rayon pool when `macs` is large.
 fn for_each_task<F>(out: &mut [f32], chunk: usize, macs: usize, f: F)
@@ -40,8 +40,14 @@ impl QuantizedView<'_> {
     }
 
     /// [`matmul`](Self::matmul) with a choice of activation precision (see
-    /// [`MatmulPrecision`]); `Int8Activations` is the fast decode path.
+    /// [`MatmulPrecision`]); `Int8Activations` is the fast decode path, on the CPU's fastest
+    /// [`Int8Kernel`] (the f32 path without one).
     pub fn matmul_with(&self, x: &[f32], m: usize, precision: MatmulPrecision) -> Result<Vec<f32>> {
+        if precision == MatmulPrecision::Int8Activations
+            && let Some(kernel) = Int8Kernel::best()
+        {
+            return self.matmul_int8(x, m, kernel);
+        }
         let (n, k) = (self.rows(), self.cols());
         check_activations(x, m, k)?;
         if m == 0 || n == 0 {
@@ -54,54 +60,16 @@ impl QuantizedView<'_> {
             .chunks(k)
             .flat_map(|xm| xm.chunks(group).map(|c| c.iter().sum::<f32>()))
             .collect();
-        let q8 = match (precision, isa) {
-            #[cfg(target_arch = "x86_64")]
-            (MatmulPrecision::Int8Activations, Isa::Avx2) => Some(quantize_activations(x, m, k)),
-            _ => None,
-        };
         // Output transposed ([n, m]) so each task owns contiguous memory; M = 1 needs no transpose.
         let mut yt = vec![0.0f32; n * m];
         for_each_task(&mut yt, ROWS_PER_TASK * m, n * k * m, |(task, out)| {
-            let mut decoded = vec![0.0f32; if m > 1 && q8.is_none() { group } else { 0 }];
+            let mut decoded = vec![0.0f32; if m > 1 { group } else { 0 }];
             for (r, y) in out.chunks_mut(m).enumerate() {
                 let row = task * ROWS_PER_TASK + r;
-                match &q8 {
-                    Some(q) => self.row_times_q8(row, q, x, &xsum, y),
-                    None => self.row_times(isa, row, x, &xsum, y, &mut decoded),
-                }
+                self.row_times(isa, row, x, &xsum, y, &mut decoded);
             }
         });
         Ok(transpose(yt, n, m))
-    }
-
-    /// Int8 path of [`row_times`](Self::row_times): full blocks of 32 through the integer
-    /// kernel, the centred table's `mid` folded into the zero term, the tail (`cols mod 32`) in f32.
-    #[cfg(target_arch = "x86_64")]
-    fn row_times_q8(&self, row: usize, q: &Q8Activations, x: &[f32], xsum: &[f32], y: &mut [f32]) {
-        let (k, group, groups) = (self.cols(), self.group_len(), self.groups());
-        let table = self.row_table(row);
-        // SAFETY: the int8 path runs only after AVX2 and FMA were detected (`matmul_with`).
-        let t8 = unsafe { crate::int8::avx2::quantize_table(table) };
-        let (scales, zeros) = (self.row_scales(row), self.row_zeros(row));
-        let words = self.row_codes(row);
-        let full = q.blocks * BLOCK;
-        for (i, yi) in y.iter_mut().enumerate() {
-            // SAFETY: as for the table above.
-            let mut acc = unsafe { self.row_q8(row, &t8, q, i) };
-            for g in 0..groups {
-                acc += (zeros[g] + scales[g] * t8.mid) * xsum[i * groups + g];
-            }
-            for j in full..k {
-                let c = crate::pack::code(words, j) as usize;
-                acc += scales[j / group] * (table[c] - t8.mid) * x[i * k + j];
-            }
-            *yi = acc;
-        }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    fn row_times_q8(&self, _: usize, _: &Q8Activations, _: &[f32], _: &[f32], _: &mut [f32]) {
-        unreachable!("the int8 path is only selected on x86-64 with AVX2")
     }
 
     /// `y[i] = Σ_j x[i, j] · w[row, j]` for every activation row `i`.
@@ -139,16 +107,34 @@ impl QuantizedView<'_> {
     }
 }
 
-/// Rows of `W` per task of [`QuantizedView::matmul_panels`].
-const PANEL_ROWS: usize = 32;
-/// Columns of `W` dequantized at a time: a `32 × 512` f32 panel (64 KB) stays in L2.
+/// Most rows of `W` per task of [`QuantizedView::matmul_panels`] (fewer when that would leave
+/// threads idle): with `PANEL_K` columns, a `128 × 512` f32 panel (256 KB) stays in L2.
+const PANEL_ROWS: usize = 128;
+/// Fewest rows per task.
+const PANEL_ROWS_MIN: usize = 32;
+/// Columns of `W` dequantized at a time.
 const PANEL_K: usize = 512;
+
+/// The output pointer shared by the panel tasks, which write disjoint columns.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: tasks write disjoint column ranges `r0 .. r0 + rows` of `y`.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The pointer (a method, so closures capture the `Send + Sync` wrapper, not the field).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
 
 impl QuantizedView<'_> {
     /// `y = x · Wᵀ` for batches (prefill, perplexity, batched decode above ~8 rows): each task
-    /// dequantizes a `PANEL_ROWS × PANEL_K` panel of `W` into a cache-resident f32 buffer and
-    /// multiplies it with a register-blocked GEMM micro-kernel (the `gemm` crate, as Flex's dense
-    /// matmul uses), accumulating over K. Reads 4-bit weights once per call and never writes the
+    /// dequantizes a panel of up to `PANEL_ROWS × PANEL_K` of `W` into a cache-resident f32
+    /// buffer and multiplies it with a register-blocked micro-kernel ([`crate::panel`]: our
+    /// AVX-512 one, elsewhere the `gemm` crate's, as Flex's dense matmul uses), accumulating over
+    /// K straight into its columns of `y`. Reads 4-bit weights once per call and never writes the
     /// dense matrix out, where the lookup path re-reads every activation row per weight row and
     /// a full dequantization writes and re-reads `rows × cols` f32.
     ///
@@ -156,51 +142,52 @@ impl QuantizedView<'_> {
     pub fn matmul_panels(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let (n, k) = (self.rows(), self.cols());
         check_activations(x, m, k)?;
-        if m == 0 || n == 0 {
-            return Ok(vec![0.0; m * n]);
+        let mut y = vec![0.0f32; m * n];
+        if m == 0 {
+            return Ok(y);
         }
         let isa = Isa::detect();
-        // Transposed output ([n, m]): each task owns a contiguous block of rows of W.
-        let mut yt = vec![0.0f32; n * m];
-        for_each_task(&mut yt, PANEL_ROWS * m, n * k * m, |(task, out)| {
-            let (r0, rows) = (task * PANEL_ROWS, out.len() / m);
+        // At least two tasks per thread when the matrix allows, multiples of 16 rows.
+        let per_thread = n.div_ceil(2 * rayon::current_num_threads());
+        let panel_rows = per_thread
+            .next_multiple_of(16)
+            .clamp(PANEL_ROWS_MIN, PANEL_ROWS);
+        let out = Out(y.as_mut_ptr());
+        let task = |task: usize| {
+            let r0 = task * panel_rows;
+            let rows = panel_rows.min(n - r0);
             let mut panel = vec![0.0f32; rows * PANEL_K.min(k)];
             for k0 in (0..k).step_by(PANEL_K) {
                 let kc = PANEL_K.min(k - k0);
                 for r in 0..rows {
                     self.dequantize_range_with(isa, r0 + r, k0, &mut panel[r * kc..][..kc]);
                 }
-                // out[r·m + i] (+)= Σ_j x[i, k0 + j] · panel[r, j]: dst (i, r) has row stride
-                // 1 and column stride m; lhs x (i, j) strides (k, 1); rhs panelᵀ (j, r)
-                // strides (1, kc).
-                // SAFETY: every index stays in bounds: x[i·k + k0 + j] with i < m, j < kc,
-                // k0 + kc ≤ k; panel[r·kc + j] with r < rows; out[r·m + i].
+                // SAFETY: `out` is `[m, n]`; this task alone writes columns r0 .. r0 + rows.
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        rows,
-                        kc,
-                        out.as_mut_ptr(),
-                        m as isize,
-                        1,
-                        k0 > 0,
-                        x.as_ptr().add(k0),
-                        1,
-                        k as isize,
-                        panel.as_ptr(),
-                        kc as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                    crate::panel::panel_times(
+                        crate::panel::Operands {
+                            x,
+                            m,
+                            k,
+                            k0,
+                            panel: &panel[..rows * kc],
+                            rows,
+                            kc,
+                        },
+                        out.ptr(),
+                        n,
+                        r0,
+                    )
+                };
             }
-        });
-        Ok(transpose(yt, n, m))
+        };
+        let tasks = n.div_ceil(panel_rows);
+        if n * k * m >= PARALLEL_MIN_MACS {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+        Ok(y)
     }
 }
 
@@ -235,7 +222,7 @@ pub fn dense_matmul(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Resul
 }
 
 /// `x` must be `[m, k]`.
-fn check_activations(x: &[f32], m: usize, k: usize) -> Result<()> {
+pub(crate) fn check_activations(x: &[f32], m: usize, k: usize) -> Result<()> {
     if x.len() == m * k {
         return Ok(());
     }

@@ -42,7 +42,7 @@ pub struct QuantizedMatrix {
 ///
 /// `stats`, when given, holds the calibration statistic `x̄_j` of each of the `cols` input
 /// channels (the mean over tokens of the layer input, signed); learned tables then weight each
-/// weight's k-means sample by `|x̄_j| · scale` (ANY4.md §2). Fixed-table formats ignore it.
+/// weight's k-means sample by `|x̄_j| · scale` (docs/METHOD.md §2). Fixed-table formats ignore it.
 ///
 /// Rows are processed in parallel; each row's k-means is seeded from `(seed, row)`, so the
 /// result is identical for any number of threads.
@@ -257,11 +257,7 @@ impl QuantizedMatrix {
             &zeros,
         )?;
         let groups = config.group_size().groups_for(cols);
-        let table_rows = if config.format().is_learned() {
-            rows
-        } else {
-            1
-        };
+        let table_rows = config.format().table_rows(rows);
         if table.len() != table_rows * TABLE_LEN {
             return Err(Error::ShapeMismatch {
                 what: "table [table_rows, 16]",
@@ -385,10 +381,7 @@ impl QuantizedMatrix {
     /// Storage in bits per weight: 4-bit codes, plus scale and zero per group and the tables, in
     /// the parameter dtype (4.3125 for per-row any4 tables at K = 4096, G = 128 in 16-bit).
     pub fn bits_per_weight(&self) -> f64 {
-        let pbits = self.config.param_dtype().bits() as f64;
-        let n = (self.rows * self.cols) as f64;
-        let params = 2.0 * (self.rows * self.groups()) as f64 + self.table.len() as f64;
-        4.0 + params * pbits / n
+        self.config.bits_per_weight(self.shape())
     }
 
     /// Dequantize one row into `out` (`cols` values).

@@ -1,10 +1,14 @@
-//! The inner loops of the CPU path: table-lookup dot products and plain dot products.
+//! The inner loops of the f32 CPU path: table-lookup dot products, table-lookup decoding (the
+//! panel GEMM's dequantization) and plain dot products.
 //!
 //! On x86-64 with AVX2+FMA the 16-entry table lives in two 8-lane registers; eight codes are
 //! expanded with one variable shift, looked up with two `vpermps` and a blend, and multiplied
 //! into the activations with FMA: the table lookup costs ~4 instructions per 8 weights and never
-//! touches memory. Elsewhere a portable loop with 8 independent accumulators (which LLVM
-//! vectorises) is used. Both give the same result up to f32 summation order.
+//! touches memory. With AVX-512F the whole table fits one register and `vpermps` reads 4 index
+//! bits, so 16 codes take a `vpermd` (spread two words over 16 lanes), a `vpsrlvd` and one
+//! `vpermps`. Elsewhere a portable loop with 8 independent accumulators (which LLVM vectorises)
+//! is used. Dot products agree up to f32 summation order; decoding is bit-identical on every
+//! path (`v · s + z` as a rounded multiply then a rounded add, never fused).
 
 use crate::pack::code;
 
@@ -14,16 +18,32 @@ pub(crate) enum Isa {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Isa {
+    /// The fastest path this CPU supports.
     pub fn detect() -> Isa {
+        *Isa::supported()
+            .last()
+            .expect("portable is always supported")
+    }
+
+    /// Every path this CPU supports, portable first.
+    pub fn supported() -> Vec<Isa> {
+        let mut out = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return Isa::Avx2;
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                out.push(Isa::Avx2);
+                if has!("avx512f") {
+                    out.push(Isa::Avx512);
+                }
+            }
         }
-        Isa::Portable
+        out
     }
 
     /// `Σ_j table[code_j] · x_j` over the first `x.len()` codes of `words`.
@@ -34,6 +54,8 @@ impl Isa {
             // SAFETY: `Avx2` is only constructed after runtime detection of AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { avx2::lut_dot(words, table, x) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::lut_dot(words, table, x) },
         }
     }
 
@@ -45,6 +67,30 @@ impl Isa {
             // SAFETY: see `lut_dot`.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { avx2::lut_decode(words, table, out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::lut_decode::<false>(words, table, 0.0, 0.0, out) },
+        }
+    }
+
+    /// Write `table[code_j] · s + z` (multiply and add rounded separately) for the first
+    /// `out.len()` codes of `words`.
+    #[inline]
+    pub fn lut_decode_affine(
+        self,
+        words: &[u32],
+        table: &[f32; 16],
+        s: f32,
+        z: f32,
+        out: &mut [f32],
+    ) {
+        match self {
+            // SAFETY: see `lut_dot`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::lut_decode::<true>(words, table, s, z, out) },
+            _ => {
+                self.lut_decode(words, table, out);
+                affine(out, s, z);
+            }
         }
     }
 
@@ -56,7 +102,17 @@ impl Isa {
             // SAFETY: see `lut_dot`.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { avx2::dot(a, b) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::dot(a, b) },
         }
+    }
+}
+
+/// `v ← v · s + z`, not fused (the reference rounding).
+#[inline(always)]
+fn affine(out: &mut [f32], s: f32, z: f32) {
+    for v in out.iter_mut() {
+        *v = *v * s + z;
     }
 }
 
@@ -184,6 +240,90 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{affine, dot_portable, lut_decode_portable, lut_dot_portable};
+
+    /// Table values for the 16 codes of `words[w..w + 2]`.
+    #[inline(always)]
+    unsafe fn lookup16(words: *const u32, table: __m512) -> __m512 {
+        // SAFETY: reads two words; register intrinsics; callers run with AVX-512F.
+        unsafe {
+            let pair = _mm_loadl_epi64(words as *const __m128i);
+            let spread = _mm512_permutexvar_epi32(
+                _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                _mm512_castsi128_si512(pair),
+            );
+            let shifts =
+                _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+            // vpermps reads the low 4 bits of each index: the other bits need no mask.
+            _mm512_permutexvar_ps(_mm512_srlv_epi32(spread, shifts), table)
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn lut_dot(words: &[u32], table: &[f32; 16], x: &[f32]) -> f32 {
+        let full = x.len() / 16;
+        assert!(words.len() >= 2 * full, "lut_dot: not enough code words");
+        // SAFETY: loads stay within `table` (16), `words[..2 * full]`, `x[..16 * full]`.
+        unsafe {
+            let t = _mm512_loadu_ps(table.as_ptr());
+            let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut w = 0;
+            while w + 2 <= full {
+                let v0 = lookup16(words.as_ptr().add(2 * w), t);
+                let v1 = lookup16(words.as_ptr().add(2 * w + 2), t);
+                acc0 = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x.as_ptr().add(16 * w)), acc0);
+                acc1 = _mm512_fmadd_ps(v1, _mm512_loadu_ps(x.as_ptr().add(16 * w + 16)), acc1);
+                w += 2;
+            }
+            if w < full {
+                let v0 = lookup16(words.as_ptr().add(2 * w), t);
+                acc0 = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x.as_ptr().add(16 * w)), acc0);
+            }
+            let tail = lut_dot_portable(&words[2 * full..], table, &x[16 * full..]);
+            _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail
+        }
+    }
+
+    /// `table[code]`, times `s` plus `z` when `AFFINE`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn lut_decode<const AFFINE: bool>(
+        words: &[u32],
+        table: &[f32; 16],
+        s: f32,
+        z: f32,
+        out: &mut [f32],
+    ) {
+        let full = out.len() / 16;
+        assert!(words.len() >= 2 * full, "lut_decode: not enough code words");
+        // SAFETY: reads `table` (16), `words[..2 * full]`; writes `out[..16 * full]`.
+        unsafe {
+            let t = _mm512_loadu_ps(table.as_ptr());
+            let (vs, vz) = (_mm512_set1_ps(s), _mm512_set1_ps(z));
+            for w in 0..full {
+                let mut v = lookup16(words.as_ptr().add(2 * w), t);
+                if AFFINE {
+                    v = _mm512_add_ps(_mm512_mul_ps(v, vs), vz);
+                }
+                _mm512_storeu_ps(out.as_mut_ptr().add(16 * w), v);
+            }
+        }
+        let tail = &mut out[16 * full..];
+        lut_decode_portable(&words[2 * full..], table, tail);
+        if AFFINE {
+            affine(tail, s, z);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot_portable(a, b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,15 +342,42 @@ mod tests {
                 .zip(&x)
                 .map(|(&c, x)| table[c as usize] * x)
                 .sum();
-            let isa = Isa::detect();
-            let got = isa.lut_dot(&words, &table, &x);
-            assert!((got - expect).abs() <= 1e-4 * (1.0 + expect.abs()), "k={k}");
-            let mut dec = vec![0.0; k];
-            isa.lut_decode(&words, &table, &mut dec);
-            let plain: Vec<f32> = codes.iter().map(|&c| table[c as usize]).collect();
-            assert_eq!(dec, plain, "k={k}");
-            let d = isa.dot(&dec, &x);
-            assert!((d - expect).abs() <= 1e-4 * (1.0 + expect.abs()), "k={k}");
+            for isa in Isa::supported() {
+                let got = isa.lut_dot(&words, &table, &x);
+                assert!(
+                    (got - expect).abs() <= 1e-4 * (1.0 + expect.abs()),
+                    "{isa:?} k={k}"
+                );
+                let mut dec = vec![0.0; k];
+                isa.lut_decode(&words, &table, &mut dec);
+                let plain: Vec<f32> = codes.iter().map(|&c| table[c as usize]).collect();
+                assert_eq!(dec, plain, "{isa:?} k={k}");
+                let d = isa.dot(&dec, &x);
+                assert!(
+                    (d - expect).abs() <= 1e-4 * (1.0 + expect.abs()),
+                    "{isa:?} k={k}"
+                );
+                let (s, z) = (0.37f32, -1.3f32);
+                isa.lut_decode_affine(&words, &table, s, z, &mut dec);
+                let affine: Vec<f32> = plain.iter().map(|&v| v * s + z).collect();
+                assert_eq!(dec, affine, "{isa:?} k={k}");
+            }
+        }
+        let isas: Vec<String> = Isa::supported().iter().map(|i| format!("{i:?}")).collect();
+        let not_run: Vec<&str> = ["Portable", "Avx2", "Avx512"]
+            .into_iter()
+            .filter(|n| !isas.iter().any(|i| i == n))
+            .collect();
+        eprintln!(
+            "f32 lookup paths checked: {isas:?}; not run (this CPU or target lacks them): {not_run:?}"
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let expected = 1
+                + usize::from(has!("avx2") && has!("fma"))
+                + usize::from(has!("avx2") && has!("fma") && has!("avx512f"));
+            assert_eq!(isas.len(), expected, "paths checked vs the CPU's features");
         }
     }
 }

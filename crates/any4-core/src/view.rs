@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use crate::config::GroupSize;
 use crate::error::{Error, Result};
+use crate::int8::{INT8_TABLE_WORDS, Int8Table};
 use crate::pack::words_per_row;
 use crate::quantize::TABLE_LEN;
 use crate::simd::Isa;
@@ -20,6 +21,8 @@ pub struct QuantizedView<'a> {
     table: &'a [f32],
     scales: &'a [f32],
     zeros: &'a [f32],
+    /// Precomputed int8 tables, `[table_rows, INT8_TABLE_WORDS]` packed words.
+    int8: Option<&'a [u32]>,
 }
 
 impl<'a> QuantizedView<'a> {
@@ -69,7 +72,38 @@ impl<'a> QuantizedView<'a> {
             table,
             scales,
             zeros,
+            int8: None,
         })
+    }
+
+    /// This view with precomputed int8 tables ([`int8_tables`](crate::int8_tables) of its
+    /// table, `[table_rows, INT8_TABLE_WORDS]`), which the int8 path then reads instead of
+    /// converting each row's table per call. Errors if the length does not match the table.
+    pub fn with_int8_tables(mut self, words: &'a [u32]) -> Result<Self> {
+        let expected = self.table.len() / TABLE_LEN * INT8_TABLE_WORDS;
+        if words.len() != expected {
+            return Err(Error::ShapeMismatch {
+                what: "int8 tables [table_rows, 6]",
+                expected,
+                got: words.len(),
+            });
+        }
+        self.int8 = Some(words);
+        Ok(self)
+    }
+
+    /// The precomputed int8 table of `row`, if the view has them.
+    pub(crate) fn row_int8_table(&self, row: usize) -> Option<Int8Table> {
+        let words = self.int8?;
+        let r = if self.table.len() == TABLE_LEN {
+            0
+        } else {
+            row
+        };
+        let w = words[r * INT8_TABLE_WORDS..][..INT8_TABLE_WORDS]
+            .try_into()
+            .expect("6 words");
+        Some(Int8Table::from_words(w))
     }
 
     /// Number of rows (output features).
@@ -120,7 +154,7 @@ impl<'a> QuantizedView<'a> {
         self.dequantize_row_with(Isa::detect(), row, out)
     }
 
-    /// Per group: SIMD table lookup of the codes, then one vectorisable `v · s + z` pass.
+    /// Per group: SIMD table lookup of the codes and `v · s + z`.
     fn dequantize_row_with(&self, isa: Isa, row: usize, out: &mut [f32]) {
         assert_eq!(out.len(), self.cols, "dequantize_row: output length");
         let (table, words) = (self.row_table(row), self.row_codes(row));
@@ -129,15 +163,13 @@ impl<'a> QuantizedView<'a> {
         for (g, chunk) in out.chunks_mut(group).enumerate() {
             // Supported group sizes are multiples of 8, so every group starts on a word.
             let start = g * group;
-            isa.lut_decode(
+            isa.lut_decode_affine(
                 &words[start / 8..(start + chunk.len()).div_ceil(8)],
                 table,
+                s[g],
+                z[g],
                 chunk,
             );
-            let (sg, zg) = (s[g], z[g]);
-            for v in chunk.iter_mut() {
-                *v = *v * sg + zg;
-            }
         }
     }
 
@@ -157,11 +189,7 @@ impl<'a> QuantizedView<'a> {
             let g = j / group;
             let stop = ((g + 1) * group).min(end);
             let chunk = &mut out[j - k0..stop - k0];
-            isa.lut_decode(&words[j / 8..stop.div_ceil(8)], table, chunk);
-            let (sg, zg) = (s[g], z[g]);
-            for v in chunk.iter_mut() {
-                *v = *v * sg + zg;
-            }
+            isa.lut_decode_affine(&words[j / 8..stop.div_ceil(8)], table, s[g], z[g], chunk);
             j = stop;
         }
     }

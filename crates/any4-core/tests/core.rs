@@ -130,16 +130,143 @@ proptest! {
     }
 }
 
+/// Checks one int8 kernel on one case: (1) within the worst-case bound of the two int8
+/// roundings of the exact f32 result — a full int8 step of the centred table times `|x|·s`, plus
+/// a full step of each activation block times the centred weight `|(t − mid)·s|`; (2) equal to
+/// the portable kernel up to f32 summation order (same integers); (3) bit-identical with the
+/// precomputed tables of `int8_tables` (the kernels' own table conversion matches it).
+fn check_int8_kernel(
+    kernel: Int8Kernel,
+    q: &QuantizedMatrix,
+    x: &[f32],
+    m: usize,
+) -> Result<(), String> {
+    let (rows, cols) = (q.rows(), q.cols());
+    let exact = q.matmul(x, m).unwrap();
+    let fast = q.view().matmul_int8(x, m, kernel).unwrap();
+    let portable = Int8Kernel::by_name("portable").unwrap();
+    let reference = q.view().matmul_int8(x, m, portable).unwrap();
+    let t8 = int8_tables(q.table()).unwrap();
+    let pre = q
+        .view()
+        .with_int8_tables(&t8)
+        .unwrap()
+        .matmul_int8(x, m, kernel)
+        .unwrap();
+    let deq = q.dequantize();
+    let name = kernel.name();
+    for i in 0..m {
+        let xs = &x[i * cols..(i + 1) * cols];
+        for n in 0..rows {
+            let t = q.row_table(n);
+            let (lo, hi) = t
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                    (a.min(v), b.max(v))
+                });
+            let tstep = (hi - lo) / 255.0;
+            let (mut bound, mut mag) = (0.0f32, 0.0f32);
+            for j in 0..cols {
+                let s = q.scales()[n * q.groups() + j / q.group_len()];
+                let block = &xs[(j / 32 * 32).min(cols)..((j / 32 + 1) * 32).min(cols)];
+                let xstep = block.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
+                let centred = (t[q.code(n, j) as usize] - (lo + hi) / 2.0) * s;
+                bound += xs[j].abs() * s * tstep + centred.abs() * xstep;
+                mag += (deq[n * cols + j].abs() + s * (hi - lo)) * xs[j].abs();
+            }
+            let at = i * rows + n;
+            let (a, b, r) = (fast[at], exact[at], reference[at]);
+            if (a - b).abs() > bound * 1.01 + 1e-6 {
+                return Err(format!(
+                    "{name} m={i} n={n}: {a} vs exact {b} (bound {bound})"
+                ));
+            }
+            if (a - r).abs() > 1e-5 * mag + 1e-7 {
+                return Err(format!(
+                    "{name} m={i} n={n}: {a} vs portable {r} (magnitude {mag})"
+                ));
+            }
+            if pre[at].to_bits() != a.to_bits() {
+                return Err(format!(
+                    "{name} m={i} n={n}: {} with precomputed tables vs {a}",
+                    pre[at]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every int8 kernel this CPU runs is checked (see `check_int8_kernel`) on shapes that reach
+/// each code path: K a multiple of 128 or not (padded last quad, unpaired block, f32 tail),
+/// group sizes 32 / 64 / 128 / 256 / per-row, learned and shared tables, M = 1, 3 and 6 (the
+/// AVX-512 kernels take activation rows four at a time: 6 is a full pass and a partial one).
+/// The list of kernels checked must hold every kernel the CPU's features allow (detected here
+/// independently); kernels the CPU lacks are printed as not run.
+#[test]
+fn every_supported_int8_kernel_matches_the_reference() {
+    let kernels = Int8Kernel::supported();
+    let checked: Vec<&str> = kernels.iter().map(|k| k.name()).collect();
+    let not_run: Vec<&str> = Int8Kernel::all_names()
+        .into_iter()
+        .filter(|n| !checked.contains(n))
+        .collect();
+    let mut expected = vec!["portable"];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") {
+            expected.push("avx2");
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                expected.push("avx512-vnni");
+                if has!("avx512vbmi") {
+                    expected.push("avx512-vbmi");
+                }
+            }
+        }
+    }
+    eprintln!("int8 kernels checked: {checked:?}; not run (this CPU lacks them): {not_run:?}");
+    assert_eq!(checked, expected, "kernels checked vs the CPU's features");
+    let mut cases = 0;
+    for (rows, cols) in [(7, 512), (5, 200), (3, 96), (4, 1000), (2, 40), (3, 16)] {
+        for g in [32usize, 64, 128, 256, 0] {
+            let group = if g == 0 {
+                GroupSize::PER_ROW
+            } else {
+                GroupSize::new(g).unwrap()
+            };
+            for (fi, f) in [Format::Any4, Format::Int4].into_iter().enumerate() {
+                let seed = (rows * cols + g + fi) as u64;
+                let w = student_t(rows, cols, 4, seed);
+                let q = quantize_matrix(&w, [rows, cols], None, &cfg(f).with_group_size(group))
+                    .unwrap();
+                for m in [1, 3, 6] {
+                    let x = student_t(m, cols, 5, seed ^ 3);
+                    for &kernel in &kernels {
+                        check_int8_kernel(kernel, &q, &x, m).unwrap();
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 6 * 5 * 2 * 3 * kernels.len());
+    // Precomputed tables of the wrong length are refused, naming them.
+    let q = quantize_matrix(&student_t(4, 64, 4, 1), [4, 64], None, &cfg(Format::Any4)).unwrap();
+    let err = q.view().with_int8_tables(&[0; 6]).unwrap_err().to_string();
+    assert!(err.contains("int8 tables"), "{err}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
-    /// The int8 decode path stays within the worst-case bound of its two roundings — a full
-    /// int8 step of the centred table times `|x|·s`, plus a full step of each activation block
-    /// times the centred weight `|(t − mid)·s|` — for every format, group size (per-row too), K not a multiple of 32, M > 1.
+    /// `check_int8_kernel` on random shapes for every supported kernel (the CPU's coverage is
+    /// asserted by `every_supported_int8_kernel_matches_the_reference`), and the public
+    /// `MatmulPrecision::Int8Activations` path equals the CPU's best kernel.
     #[test]
-    fn int8_path_is_close_to_exact(
+    fn int8_kernels_are_close_to_exact(
         rows in 1usize..24,
-        cols in 16usize..400,
+        cols in 16usize..700,
         m in prop::sample::select(vec![1usize, 2, 5]),
         fi in 0usize..6,
         g in prop::sample::select(vec![32usize, 64, 128, 0]),
@@ -149,27 +276,17 @@ proptest! {
         let w = student_t(rows, cols, 4, seed);
         let q = quantize_matrix(&w, [rows, cols], None, &cfg(Format::ALL[fi]).with_group_size(group)).unwrap();
         let x = student_t(m, cols, 5, seed ^ 3);
-        let exact = q.matmul(&x, m).unwrap();
-        let fast = q.view().matmul_with(&x, m, MatmulPrecision::Int8Activations).unwrap();
-        for i in 0..m {
-            let xs = &x[i * cols..(i + 1) * cols];
-            for n in 0..rows {
-                let t = q.row_table(n);
-                let (lo, hi) = t.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-                let tstep = (hi - lo) / 2.0 / 127.0;
-                let bound: f32 = (0..cols)
-                    .map(|j| {
-                        let s = q.scales()[n * q.groups() + j / q.group_len()];
-                        let block = &xs[(j / 32 * 32).min(cols)..((j / 32 + 1) * 32).min(cols)];
-                        let xstep = block.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
-                        let centred = (t[q.code(n, j) as usize] - (lo + hi) / 2.0) * s;
-                        xs[j].abs() * s * tstep + centred.abs() * xstep
-                    })
-                    .sum();
-                let (a, b) = (fast[i * rows + n], exact[i * rows + n]);
-                prop_assert!((a - b).abs() <= bound * 1.01 + 1e-6, "m={i} n={n}: {a} vs {b} (bound {bound})");
+        for kernel in Int8Kernel::supported() {
+            if let Err(e) = check_int8_kernel(kernel, &q, &x, m) {
+                prop_assert!(false, "{}", e);
             }
         }
+        let public = q.view().matmul_with(&x, m, MatmulPrecision::Int8Activations).unwrap();
+        let expected = match Int8Kernel::best() {
+            Some(k) => q.view().matmul_int8(&x, m, k).unwrap(),
+            None => q.matmul(&x, m).unwrap(),
+        };
+        prop_assert_eq!(public, expected);
     }
 }
 
@@ -234,6 +351,38 @@ fn results_do_not_depend_on_thread_count() {
     for t in [2, 3, 5] {
         assert_eq!(run(t), one, "{t} threads");
     }
+}
+
+/// The int8 path on a weight large enough to be split across threads (300 KB of codes, an
+/// odd row count so one row has no pair), called from outside any pool (the caller works
+/// alongside helpers), inside a one-thread pool (sequential) and inside a three-thread pool
+/// (rayon's splitting): bit-identical, and within the reference checks of `check_int8_kernel`.
+#[test]
+fn int8_path_does_not_depend_on_threads() {
+    let (rows, cols, m) = (601, 1024, 5);
+    let w = student_t(rows, cols, 4, 31);
+    let q = quantize_matrix(&w, [rows, cols], None, &cfg(Format::Int4)).unwrap();
+    let x = gaussian(m, cols, 32);
+    for kernel in Int8Kernel::supported() {
+        let outside = q.view().matmul_int8(&x, m, kernel).unwrap();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let inside = pool.install(|| q.view().matmul_int8(&x, m, kernel).unwrap());
+            assert!(
+                inside
+                    .iter()
+                    .zip(&outside)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{}: {threads}-thread pool vs the calling thread",
+                kernel.name()
+            );
+        }
+    }
+    let best = Int8Kernel::supported().pop().unwrap();
+    check_int8_kernel(best, &q, &x, m).unwrap();
 }
 
 #[test]

@@ -3,14 +3,15 @@
 //!   dequantized, llama.cpp's Q/K rotary permutation undone, tokenizer rebuilt from its vocabulary;
 //! - an **HF folder** (`config.json`, safetensors, `tokenizer.json`);
 //! - an **any4 folder** written by [`save_any4`] (`config.json` with `quantization_config`,
-//!   `model.safetensors` in the any4 checkpoint format, `tokenizer.json`).
+//!   `model.safetensors` in the any4 checkpoint format, `tokenizer.json`), replaced whole.
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use any4_burn::{Checkpoint, CheckpointMeta, LayerInfo, save, write_file_atomically};
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor};
+use any4_burn::{
+    Any4Header, Checkpoint, CheckpointMeta, OutputDir, check_output_dir, checkpoint_tensor_names,
+    read_any4_header, save,
+};
+use burn::tensor::Device;
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -52,45 +53,24 @@ pub fn load_auto(path: &Path, device: &Device) -> Result<(Llama, Tokenizer)> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
         ));
     }
+    // Decided by the file's `format` tag, not by whether it validates, so a damaged any4 file
+    // is reported by the checkpoint reader rather than as "not an HF model".
     let weights = path.join("model.safetensors");
-    if weights.is_file()
-        && let Some(header) = any4_header(&weights)
-    {
+    if let Some(header) = read_any4_header(&weights) {
         return load_any4(path, &weights, header, device);
     }
     load_pretrained(path, device)
-}
-
-/// Tensor names and `quantization_config` of `model.safetensors` if its metadata says it is an
-/// any4 checkpoint (`format = "any4"`), read from the header alone. Deciding by the metadata (not
-/// by whether the checkpoint validates) keeps a damaged any4 file's error from turning into a
-/// confusing "not an HF model" one.
-fn any4_header(weights: &Path) -> Option<(HashSet<String>, BTreeMap<String, LayerInfo>)> {
-    let file = std::fs::File::open(weights).ok()?;
-    // SAFETY: read-only mapping; checkpoints are replaced by rename, never written in place.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap).ok()?;
-    let info = meta.metadata().as_ref()?;
-    if info.get("format").map(String::as_str) != Some(any4_burn::CHECKPOINT_FORMAT) {
-        return None;
-    }
-    // An unreadable config is still an any4 file: `Checkpoint::open` names the problem.
-    let layers = info
-        .get("quantization_config")
-        .and_then(|j| serde_json::from_str::<CheckpointMeta>(j).ok())
-        .map(|c| c.layers)
-        .unwrap_or_default();
-    let names = meta.tensors().keys().cloned().collect();
-    Some((names, layers))
 }
 
 /// An any4 folder: the model skeleton from `config.json`, every tensor from the checkpoint.
 fn load_any4(
     dir: &Path,
     weights: &Path,
-    (present, layers): (HashSet<String>, BTreeMap<String, LayerInfo>),
+    header: Any4Header,
     device: &Device,
 ) -> Result<(Llama, Tokenizer)> {
+    // An unreadable config is still an any4 file: `Checkpoint::open` names the problem below.
+    let layers = header.meta.map(|m| m.layers).unwrap_or_default();
     let config = LlamaConfig::from_file(dir.join("config.json"))?;
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"), &config)?;
     // Zero-filled skeleton of the right shapes; the checkpoint then replaces every tensor.
@@ -99,9 +79,9 @@ fn load_any4(
     })?;
     // Name a missing tensor (an expert of a truncated Mixtral, say) as the HF loader does,
     // before the checkpoint's own validation reports it as a generic checkpoint error.
-    if let Some(tensor) = expected_tensors(&skeleton, &layers)
+    if let Some(tensor) = checkpoint_tensor_names(&skeleton, &layers)
         .into_iter()
-        .find(|t| !present.contains(t))
+        .find(|t| !header.tensors.contains(t))
     {
         return Err(Error::MissingTensor {
             path: weights.to_path_buf(),
@@ -112,72 +92,28 @@ fn load_any4(
     Ok((model, tokenizer))
 }
 
-/// Float parameter paths of a module as checkpoints name them (enum variants dropped).
-#[derive(Default)]
-struct ParamPaths {
-    stack: Vec<(String, bool)>,
-    paths: Vec<String>,
-}
-
-impl ModuleVisitor for ParamPaths {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.stack
-            .push((name.to_string(), container_type.starts_with("Enum:")));
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.stack.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<D>>) {
-        let parts: Vec<&str> = self
-            .stack
-            .iter()
-            .filter(|(_, is_enum)| !is_enum)
-            .map(|(n, _)| n.as_str())
-            .collect();
-        self.paths.push(parts.join("."));
-    }
-}
-
-/// The main tensor of every parameter an any4 checkpoint of the dense `model` must hold: dense
-/// parameters by path, a quantized layer `p` by `p.qweight` (and `p.bias` if it has one).
-fn expected_tensors(model: &Llama, quantized: &BTreeMap<String, LayerInfo>) -> Vec<String> {
-    let mut visitor = ParamPaths::default();
-    model.visit(&mut visitor);
-    visitor
-        .paths
-        .into_iter()
-        .filter_map(|path| {
-            let Some((layer, leaf)) = path.rsplit_once('.') else {
-                return Some(path);
-            };
-            match (quantized.get(layer), leaf) {
-                (Some(_), "weight") => Some(format!("{layer}.qweight")),
-                (Some(info), "bias") => info.bias.then_some(path),
-                _ => Some(path),
-            }
-        })
-        .collect()
-}
-
-/// Write `model` as an any4 folder: `model.safetensors` (any4 checkpoint), `config.json` (the
-/// model config plus `quantization_config`) and `tokenizer.json`, each written atomically.
+/// Write `model` as an any4 folder at `dir`: `model.safetensors` (any4 checkpoint),
+/// `config.json` (the model config plus `quantization_config`) and `tokenizer.json`.
+///
+/// The folder is written beside `dir` and swapped in whole, so an interrupted save leaves the
+/// previous folder or the new one, never a mix. `dir` must not exist, be empty or be an any4
+/// checkpoint folder: anything else is refused, naming what it holds (see
+/// [`any4_burn::check_output_dir`]; to also protect the model's own files, or to force a write
+/// into a foreign folder, check the folder with it and call [`save_any4_to`]).
 pub fn save_any4(dir: &Path, model: &mut Llama, tokenizer: &Tokenizer) -> Result<CheckpointMeta> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let qc = save(model, &dir.join("model.safetensors"))?;
-    let mut config =
-        serde_json::to_value(&model.config).map_err(|e| Error::Input(e.to_string()))?;
-    if let Some(obj) = config.as_object_mut() {
-        obj.insert(
-            "quantization_config".into(),
-            serde_json::to_value(&qc).map_err(|e| Error::Input(e.to_string()))?,
-        );
-    }
-    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Input(e.to_string()))?;
-    write_file_atomically(&dir.join("config.json"), text.as_bytes())?;
-    let tok = tokenizer
-        .inner()
-        .to_string(false)
-        .map_err(|e| Error::Tokenize(e.to_string()))?;
-    write_file_atomically(&dir.join("tokenizer.json"), tok.as_bytes())?;
-    Ok(qc)
+    save_any4_to(&check_output_dir(dir, &[], false)?, model, tokenizer)
+}
+
+/// [`save_any4`] into a folder already checked by [`any4_burn::check_output_dir`] (which also
+/// refuses an output that is, or contains, one of the inputs).
+pub fn save_any4_to(
+    out: &OutputDir,
+    model: &mut Llama,
+    tokenizer: &Tokenizer,
+) -> Result<CheckpointMeta> {
+    out.write(|dir| -> Result<CheckpointMeta> {
+        let qc = save(model, &dir.join("model.safetensors"))?;
+        crate::stream::write_model_files(dir, &model.config, tokenizer, &qc)?;
+        Ok(qc)
+    })
 }

@@ -1,4 +1,4 @@
-//! Perplexity, GPTQ-style (ANY4.md §5): tokenize the whole text once (no special tokens), cut it
+//! Perplexity, GPTQ-style (docs/METHOD.md §5): tokenize the whole text once (no special tokens), cut it
 //! into non-overlapping windows of `seq_len` tokens, drop the partial tail, and report
 //! `exp(mean NLL)` over every predicted position (`seq_len − 1` per window) of all windows.
 
@@ -110,9 +110,10 @@ fn token_nll(logits: Tensor<3>, tokens: Tensor<2, burn::tensor::Int>) -> Result<
 
 /// The evaluation texts `cargo xtask fetch` puts in the cache (`$ANY4_CACHE`, else `.cache/`).
 ///
-/// Names follow the paper's columns where the text is obtainable here (ANY4.md, DATA.md): PTB is
-/// the GPTQ protocol's split (lines stripped, joined with a blank line); Botchan and Shakespeare
-/// are public-domain stand-ins for WikiText/C4, which cannot be fetched here.
+/// Names follow the paper's columns where the text is obtainable here (docs/METHOD.md,
+/// docs/DATA.md): PTB is the GPTQ protocol's split (lines stripped, joined with a blank line);
+/// Botchan and Shakespeare are public-domain stand-ins for WikiText/C4, which cannot be fetched
+/// here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dataset {
     /// Penn Treebank validation split (`ptb`).

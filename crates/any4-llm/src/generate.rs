@@ -1,16 +1,20 @@
 //! Autoregressive generation with a KV cache: greedy, or temperature + top-p sampling.
 //!
-//! The prompt is prefilled in one batched forward; each further token costs one single-token
-//! forward. Sampling runs on the host over the last position's logits with a seeded
-//! [`SplitMix64`], so a seed reproduces a generation exactly on one backend.
+//! The prompt is prefilled in one batched forward (the LM head on its last position only);
+//! each further token costs one single-token forward. Greedy decoding picks the next token on
+//! the device (`argmax`) and feeds it straight into the next forward: one id read back per
+//! token, nothing uploaded. Top-p sampling reads the last position's logits back and samples on
+//! the host with a seeded [`SplitMix64`], so a seed reproduces a generation exactly on one
+//! backend.
 
 use std::time::Instant;
 
 use any4_core::rng::SplitMix64;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::{Llama, token_tensor};
+use crate::timing::{Op, span};
 
 /// How the next token is chosen from the logits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,17 +73,43 @@ pub struct Generation {
     pub tokens_per_second: f64,
 }
 
-/// Logits of the last position of `logits: [1, t, vocab]`, on the host, f32.
-fn last_logits(logits: Tensor<3>) -> Result<Vec<f32>> {
-    let [_, t, v] = logits.dims();
-    logits
-        .narrow(1, t - 1, 1)
-        .reshape([v])
+/// The next token `[1, 1]` and its id. Greedy: `argmax` on the device, the token stays there
+/// for the next forward and only its id is read back. Top-p: the logits are read back and
+/// [`sample`]d on the host (a nucleus needs the probabilities in order, and Burn's sort on
+/// CubeCL backends is itself a round trip through the host), then the id is uploaded.
+fn next_token(
+    logits: Tensor<2>,
+    sampling: Sampling,
+    rng: &mut SplitMix64,
+) -> Result<(Tensor<2, Int>, u32)> {
+    if sampling == Sampling::Greedy {
+        let token = logits.argmax(1);
+        let id = read_id(token.clone())?;
+        return Ok((token, id));
+    }
+    let device = logits.device();
+    let [_, vocab] = logits.dims();
+    let host = logits
+        .reshape([vocab])
         .cast(DType::F32)
         .into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .map_err(|e| Error::Data(format!("logits: {e:?}")))
+        .map_err(|e| Error::Data(format!("logits: {e:?}")))?;
+    let id = sample(&host, sampling, rng);
+    Ok((token_tensor(&[id], &device), id))
+}
+
+/// The id of `token: [1, 1]`, read back from the device.
+fn read_id(token: Tensor<2, Int>) -> Result<u32> {
+    let v = token
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .map_err(|e| Error::Data(format!("token id: {e:?}")))?;
+    v.first()
+        .map(|&id| id as u32)
+        .ok_or_else(|| Error::Data("token id: empty".into()))
 }
 
 /// Choose the next token from `logits` according to `sampling`.
@@ -151,7 +181,7 @@ pub fn generate(
     }
     let device = model.device();
     let mut rng = SplitMix64::new(cfg.seed);
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache_with_capacity(prompt.len() + cfg.max_new_tokens);
     let mut out = Generation {
         tokens: Vec::with_capacity(cfg.max_new_tokens),
         prompt_tokens: prompt.len(),
@@ -163,9 +193,13 @@ pub fn generate(
     if cfg.max_new_tokens == 0 {
         return Ok(out);
     }
+    let choose = |logits: Tensor<2>, rng: &mut SplitMix64| {
+        let _t = span(Op::Sample);
+        next_token(logits, cfg.sampling, rng)
+    };
     let start = Instant::now();
-    let logits = model.forward(token_tensor(prompt, &device), &mut cache);
-    let mut next = sample(&last_logits(logits)?, cfg.sampling, &mut rng);
+    let logits = model.forward_last(token_tensor(prompt, &device), &mut cache);
+    let (mut token, mut next) = choose(logits, &mut rng)?;
     out.prefill_seconds = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
     loop {
@@ -178,8 +212,8 @@ pub fn generate(
         if out.tokens.len() >= cfg.max_new_tokens {
             break;
         }
-        let logits = model.forward(token_tensor(&[next], &device), &mut cache);
-        next = sample(&last_logits(logits)?, cfg.sampling, &mut rng);
+        let logits = model.forward_last(token, &mut cache);
+        (token, next) = choose(logits, &mut rng)?;
     }
     out.decode_seconds = decode_start.elapsed().as_secs_f64();
     let decoded = out.tokens.len().saturating_sub(1);
@@ -217,5 +251,31 @@ mod tests {
         }
         assert!(seen[1] > 100 && seen[3] > 100, "{seen:?}");
         assert_eq!(seen[0] + seen[2] + seen[4], 0, "{seen:?}");
+    }
+
+    /// Greedy generation takes the device's argmax, top-p the host sampler: both pick what
+    /// [`sample`] picks on the same logits and draws.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn next_token_matches_host_sampling() {
+        use burn::tensor::{Device, TensorData};
+        let device = Device::flex();
+        let mut r = SplitMix64::new(3);
+        let logits: Vec<f32> = (0..50).map(|_| r.next_gaussian() as f32).collect();
+        let (mut a, mut b) = (SplitMix64::new(9), SplitMix64::new(9));
+        for s in [
+            Sampling::Greedy,
+            Sampling::TopP {
+                temperature: 0.7,
+                top_p: 0.5,
+            },
+        ] {
+            for _ in 0..20 {
+                let t = Tensor::<2>::from_data(TensorData::new(logits.clone(), [1, 50]), &device);
+                let (token, id) = next_token(t, s, &mut a).unwrap();
+                assert_eq!(id, sample(&logits, s, &mut b), "{s:?}");
+                assert_eq!(read_id(token).unwrap(), id);
+            }
+        }
     }
 }

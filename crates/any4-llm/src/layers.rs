@@ -8,132 +8,13 @@
 use any4_burn::{QLinear, impl_qlinear_container};
 use burn::module::Module;
 use burn::nn::RmsNorm;
-use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Tensor;
 
+use crate::attention::{AttnDims, StepContext, attend};
+use crate::kv_cache::LayerCache;
 use crate::moe::SparseMoe;
-use crate::rope::RopeTables;
-
-/// Keys and values of one layer seen so far, `[batch, kv_heads, len, head_dim]` each.
-#[derive(Debug, Clone, Default)]
-pub struct LayerCache {
-    kv: Option<(Tensor<4>, Tensor<4>)>,
-}
-
-impl LayerCache {
-    /// Append new keys/values and return everything cached, new ones included.
-    fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let (k, v) = match self.kv.take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
-        };
-        self.kv = Some((k.clone(), v.clone()));
-        (k, v)
-    }
-
-    /// Keep only the last `keep` positions (sliding-window attention never looks further back).
-    pub(crate) fn keep_last(&mut self, keep: usize) {
-        if keep == 0 {
-            self.kv = None;
-        } else if let Some((k, v)) = self.kv.take() {
-            let len = k.dims()[2];
-            let drop = len.saturating_sub(keep);
-            self.kv = Some(if drop == 0 {
-                (k, v)
-            } else {
-                (k.narrow(2, drop, keep), v.narrow(2, drop, keep))
-            });
-        }
-    }
-}
-
-/// What every layer of one forward call shares: rotary tables, positions and the attention mask.
-#[derive(Debug, Clone)]
-pub struct StepContext {
-    /// Rotary tables for the new positions.
-    pub rope: RopeTables,
-    /// Additive mask `[new, total]` (0 or −∞), `None` when every key is visible.
-    pub mask: Option<Tensor<2>>,
-    /// Position of the first key (cached or new) the layers see.
-    pub key_start: usize,
-    /// Position of the first new token.
-    pub start: usize,
-    /// Sliding attention window, if any.
-    pub window: Option<usize>,
-}
-
-impl StepContext {
-    /// The context for `len` new tokens from position `start`, attending to keys from
-    /// `key_start` (see [`attention_mask`]).
-    pub fn new(
-        inv_freq: &[f32],
-        key_start: usize,
-        start: usize,
-        len: usize,
-        window: Option<usize>,
-        device: &Device,
-    ) -> Self {
-        StepContext {
-            rope: RopeTables::new(inv_freq, start, len, device),
-            mask: attention_mask(key_start, start, len, window, device),
-            key_start,
-            start,
-            window,
-        }
-    }
-
-    /// The keys (indices into the `[key_start, start + len)` key axis) that queries
-    /// `q0..q1` (indices among the new tokens) can see: everything outside is masked for all
-    /// of them, so leaving it out of the computation is exact.
-    fn visible_keys(&self, q0: usize, q1: usize) -> std::ops::Range<usize> {
-        let hi = self.start + q1 - self.key_start;
-        let lo = self
-            .window
-            .map_or(0, |w| (self.start + q0 + 1).saturating_sub(w))
-            .saturating_sub(self.key_start);
-        lo.min(hi)..hi
-    }
-}
-
-/// Queries per attention call in prefill: causal attention then skips the key blocks a chunk
-/// cannot see (about half the work at long lengths), and scores stay `chunk × keys` in size.
-const QUERY_CHUNK: usize = 256;
-
-/// Additive attention mask for queries at positions `start..start+len` over cached and new keys
-/// at positions `key_start..start+len`.
-///
-/// Key `j` is visible from query `i` iff `j ≤ i` (causal) and, with a sliding window `w`,
-/// `i − j < w` (HF Mistral: the query itself counts toward the window). Returns `None` when
-/// nothing is masked (single-token decode inside the window) to skip the add.
-pub fn attention_mask(
-    key_start: usize,
-    start: usize,
-    len: usize,
-    window: Option<usize>,
-    device: &Device,
-) -> Option<Tensor<2>> {
-    assert!(
-        key_start <= start,
-        "keys must start at or before the queries"
-    );
-    let keys = start + len - key_start;
-    let mut any = false;
-    let mut m = vec![0f32; len * keys];
-    for q in 0..len {
-        let i = start + q;
-        for k in 0..keys {
-            let j = key_start + k;
-            let visible = j <= i && window.is_none_or(|w| i - j < w);
-            if !visible {
-                m[q * keys + k] = f32::NEG_INFINITY;
-                any = true;
-            }
-        }
-    }
-    any.then(|| Tensor::from_data(TensorData::new(m, [len, keys]), device))
-}
+use crate::ops;
+use crate::timing::{Op, span};
 
 /// Multi-head self-attention with grouped key/value heads.
 #[derive(Module, Debug)]
@@ -161,68 +42,33 @@ impl_qlinear_container!(Attention {
 });
 
 impl Attention {
-    /// `x: [batch, new, hidden]`; with a cache, the new keys/values are appended to it.
+    /// `x: [batch, new, hidden]`; with a cache, the new keys/values are written into it.
     pub fn forward(
         &self,
         x: Tensor<3>,
         ctx: &StepContext,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let [b, t, _] = x.dims();
-        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2);
-        let q = ctx.rope.apply(split(self.q_proj.forward(x.clone()), h));
-        let k = ctx.rope.apply(split(self.k_proj.forward(x.clone()), kvh));
-        let v = split(self.v_proj.forward(x), kvh);
-        let (k, v) = match cache {
-            Some(c) => c.append(k, v),
-            None => (k, v),
+        let [batch, t, _] = x.dims();
+        let (q, k, v) = {
+            let _t = span(Op::QkvProj);
+            (
+                self.q_proj.forward(x.clone()),
+                self.k_proj.forward(x.clone()),
+                self.v_proj.forward(x),
+            )
         };
-        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-        let chunks: Vec<Tensor<4>> = (0..t)
-            .step_by(QUERY_CHUNK)
-            .map(|q0| {
-                let q1 = (q0 + QUERY_CHUNK).min(t);
-                let keys = ctx.visible_keys(q0, q1);
-                let bias = ctx
-                    .mask
-                    .as_ref()
-                    .map(|m| m.clone().slice([q0..q1, keys.clone()]).unsqueeze::<4>());
-                attend(
-                    q.clone().narrow(2, q0, q1 - q0),
-                    k.clone().narrow(2, keys.start, keys.len()),
-                    v.clone().narrow(2, keys.start, keys.len()),
-                    bias,
-                )
-            })
-            .collect();
-        let out = Tensor::cat(chunks, 2)
-            .swap_dims(1, 2)
-            .reshape([b, t, h * hd]);
+        let dims = AttnDims {
+            batch,
+            t,
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+        };
+        let out = attend(q, k, v, ctx, cache, dims);
+        let _t = span(Op::OProj);
         self.o_proj.forward(out)
     }
-}
-
-/// `softmax(q·kᵀ/√d + bias)·v` through Burn's fused attention op (Flex: tiled online softmax
-/// without a `[heads, queries, keys]` score tensor; Cube: flash kernels where they apply).
-fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Option<Tensor<4>>) -> Tensor<4> {
-    let options = AttentionModuleOptions {
-        scale: None,
-        softcap: None,
-        is_causal: false,
-    };
-    attention(q, k, v, None, bias, options)
-}
-
-/// `[b, kv_heads, s, d] → [b, kv_heads·rep, s, d]`, query head `i` reading kv head `i / rep`.
-fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
-    if rep == 1 {
-        return x;
-    }
-    let [b, kvh, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .repeat_dim(2, rep)
-        .reshape([b, kvh * rep, s, d])
 }
 
 /// SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
@@ -244,8 +90,16 @@ impl_qlinear_container!(Mlp {
 impl Mlp {
     /// Apply to the last dimension.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let (gate, up) = {
+            let _t = span(Op::MlpProj);
+            (self.gate_proj.forward(x.clone()), self.up_proj.forward(x))
+        };
+        let act = {
+            let _t = span(Op::SiluMul);
+            ops::silu_mul(gate, up)
+        };
+        let _t = span(Op::MlpProj);
+        self.down_proj.forward(act)
     }
 }
 
@@ -282,18 +136,32 @@ impl DecoderLayer {
         ctx: &StepContext,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), ctx, cache);
-        h.clone() + self.feed_forward(self.post_attention_layernorm.forward(h))
+        let normed = {
+            let _t = span(Op::Norm);
+            ops::rms_norm(x.clone(), &self.input_layernorm)
+        };
+        let attn = self.self_attn.forward(normed, ctx, cache);
+        let h = {
+            let _t = span(Op::Residual);
+            ops::add(x, attn)
+        };
+        let normed = {
+            let _t = span(Op::Norm);
+            ops::rms_norm(h.clone(), &self.post_attention_layernorm)
+        };
+        let ff = self.feed_forward(normed);
+        let _t = span(Op::Residual);
+        ops::add(h, ff)
     }
 
     /// The feed-forward, whichever kind the layer has.
     pub fn feed_forward(&self, x: Tensor<3>) -> Tensor<3> {
         match (&self.mlp, &self.block_sparse_moe) {
             (Some(mlp), None) => mlp.forward(x),
-            (None, Some(moe)) => moe.forward(x),
+            (None, Some(moe)) => {
+                let _t = span(Op::MlpProj);
+                moe.forward(x)
+            }
             _ => panic!("a decoder layer needs exactly one of `mlp` and `block_sparse_moe`"),
         }
     }

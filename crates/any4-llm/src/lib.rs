@@ -29,20 +29,29 @@
 //! ```
 #![warn(missing_docs)]
 
+mod attention;
 mod auto;
 mod config;
 mod error;
 mod eval;
 mod generate;
 pub mod gguf;
+#[cfg(feature = "flex")]
+mod host;
+pub mod import;
+mod kv_cache;
 mod layers;
 mod load;
 mod model;
 mod moe;
+mod ops;
 mod rope;
+mod stream;
+pub mod timing;
 mod tokenizer;
 
-pub use auto::{is_gguf, load_auto, save_any4};
+pub use attention::{StepContext, attention_mask};
+pub use auto::{is_gguf, load_auto, save_any4, save_any4_to};
 pub use config::{
     Architecture, LlamaConfig, MoeConfig, RopeConfig, RopeScaling, RopeScalingConfig, TokenIds,
 };
@@ -50,9 +59,14 @@ pub use error::{Error, Result};
 pub use eval::{Dataset, Perplexity, PerplexityConfig, perplexity, perplexity_of_ids};
 pub use generate::{GenerateConfig, Generation, Sampling, generate, sample};
 pub use gguf::{GgufSource, load_gguf};
-pub use layers::{Attention, DecoderLayer, LayerCache, Mlp, StepContext, attention_mask};
+pub use kv_cache::{KvCache, LayerCache};
+pub use layers::{Attention, DecoderLayer, Mlp};
 pub use load::{SafetensorsSource, TensorSource, load_model, load_pretrained};
-pub use model::{KvCache, Llama, ReadTensor, hf_tensor_shapes, token_tensor, token_tensor_batch};
+pub use model::{
+    Llama, RandomWeights, ReadTensor, hf_tensor_shapes, token_tensor, token_tensor_batch,
+};
 pub use moe::{Expert, Routing, SparseMoe};
+pub use ops::set_host_kernels;
 pub use rope::{RopeTables, inv_freq};
+pub use stream::{Calibration, MemoryEstimate, StreamingQuantizer, format_bytes, is_streamable};
 pub use tokenizer::Tokenizer;

@@ -136,6 +136,74 @@ impl SafetensorsSource {
         names
     }
 
+    /// Whether the checkpoint holds tensor `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.shard_of(name).is_some()
+    }
+
+    /// The stored bytes of tensor `name` (little-endian, unconverted) with its dtype and shape,
+    /// borrowed from the mapping.
+    pub fn raw(&self, name: &str) -> Result<(safetensors::Dtype, Vec<usize>, &[u8])> {
+        let shard = self.shard_of(name).ok_or_else(|| Error::MissingTensor {
+            path: self.location.clone(),
+            tensor: name.to_string(),
+        })?;
+        let info = shard.meta.info(name).ok_or_else(|| Error::MissingTensor {
+            path: shard.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let (a, b) = info.data_offsets;
+        let bytes = shard
+            .map
+            .get(shard.data_start + a..shard.data_start + b)
+            .ok_or_else(|| Error::Safetensors {
+                path: shard.path.clone(),
+                reason: format!("tensor `{name}` data lies outside the file"),
+            })?;
+        Ok((info.dtype, info.shape.clone(), bytes))
+    }
+
+    /// Drop the mapped pages of tensor `name` from this process's memory (`MADV_DONTNEED`):
+    /// they stay in the page cache and are read back if touched again. Streaming calls this
+    /// after each block so that reading a model larger than RAM does not grow the resident
+    /// set with it. Best effort: unknown names and unsupported systems are ignored.
+    pub fn release(&self, name: &str) {
+        self.release_part(name, 0..usize::MAX);
+    }
+
+    /// [`release`](Self::release) for the bytes `part` of tensor `name`'s data (clamped to it),
+    /// e.g. the rows of an embedding already copied.
+    pub fn release_part(&self, name: &str, part: std::ops::Range<usize>) {
+        let Some(shard) = self.shard_of(name) else {
+            return;
+        };
+        let Some(info) = shard.meta.info(name) else {
+            return;
+        };
+        let (a, b) = info.data_offsets;
+        let (a, b) = (
+            a.saturating_add(part.start).min(b),
+            a.saturating_add(part.end).min(b),
+        );
+        // Whole pages inside the range only, so neighbours stay mapped.
+        let page = 4096;
+        let start = (shard.data_start + a).next_multiple_of(page);
+        let end = (shard.data_start + b) / page * page;
+        if end > start {
+            #[cfg(unix)]
+            // SAFETY: the mapping is a read-only, file-backed one: dropped pages are re-read
+            // from the file on the next access, so no data is lost and no reference is
+            // invalidated.
+            unsafe {
+                let _ = shard.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                );
+            }
+        }
+    }
+
     fn shard_of(&self, name: &str) -> Option<&Shard> {
         match &self.index {
             Some(ix) => ix.get(name).map(|&i| &self.shards[i]),

@@ -5,61 +5,24 @@
 //! Module paths (`layers.3.self_attn.q_proj`, `lm_head`) are HF's names without `model.`.
 
 use any4_burn::{
-    BlockwiseModel, CalibrationStats, Calibrator, QLinear, impl_qlinear_container,
-    transposed_contiguous,
+    Any4Linear, BlockwiseModel, CalibrationStats, Calibrator, CpuMatmul, QLinear,
+    impl_qlinear_container, transposed_contiguous,
 };
+use any4_core::Any4Config;
 use any4_core::rng::SplitMix64;
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Embedding, Linear, RmsNorm};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 
+use crate::attention::StepContext;
 use crate::config::LlamaConfig;
 use crate::error::Result;
-use crate::layers::{Attention, DecoderLayer, LayerCache, Mlp, StepContext};
+use crate::kv_cache::{KvCache, StepShape};
+use crate::layers::{Attention, DecoderLayer, Mlp};
 use crate::moe::{Expert, SparseMoe};
+use crate::ops;
 use crate::rope::inv_freq;
-
-/// Keys and values of every layer for the tokens processed so far (owned by the caller, so
-/// several conversations can share one model).
-///
-/// With a sliding window `w` (Mistral), only the last `w − 1` positions are kept between calls:
-/// memory stays bounded however long the generation runs.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    layers: Vec<LayerCache>,
-    /// Positions processed.
-    len: usize,
-    /// Position of the oldest cached key (`> 0` once a sliding window dropped some).
-    start: usize,
-}
-
-impl KvCache {
-    /// An empty cache for a model with `num_layers` layers.
-    pub fn new(num_layers: usize) -> Self {
-        KvCache {
-            layers: vec![LayerCache::default(); num_layers],
-            len: 0,
-            start: 0,
-        }
-    }
-    /// Tokens (positions) cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    /// Positions actually held (fewer than [`len`](Self::len) once a sliding window trimmed).
-    pub fn cached(&self) -> usize {
-        self.len - self.start
-    }
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// Forget everything (start a new sequence).
-    pub fn clear(&mut self) {
-        let n = self.layers.len();
-        *self = KvCache::new(n);
-    }
-}
+use crate::timing::{Op, span};
 
 /// A Llama-family causal language model (Llama, Mistral, Mixtral: see [`LlamaConfig::moe`]).
 #[derive(Module, Debug)]
@@ -137,19 +100,54 @@ pub fn hf_tensor_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
 /// `read(name, shape)`: the f32 values (row-major) of HF tensor `name`, checked against `shape`.
 pub type ReadTensor<'a> = dyn FnMut(&str, &[usize]) -> Result<Vec<f32>> + 'a;
 
-/// Reads named HF tensors through the caller's `get` and wraps them as modules.
+/// Random weights generated on the device, for speed measurements at a model's shape without
+/// its files (decode speed does not depend on the values).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RandomWeights {
+    /// Float type of the embeddings, norms and dense linears (hence of the activations).
+    pub dtype: DType,
+    /// `Some`: every linear of the decoder layers is any4 under this config, with uniformly
+    /// random codes and random tables and scales drawn directly on the device (no k-means).
+    pub any4: Option<Any4Config>,
+    /// With `any4`, the LM head too (an untied any4 head); otherwise the head is the embedding.
+    pub lm_head: bool,
+}
+
+/// Where [`Builder`] takes the weights from.
+enum Source<'a, 'b> {
+    /// Named HF tensors, f32 values on the host.
+    Read(&'a mut ReadTensor<'b>),
+    /// Values drawn on the device.
+    Random(RandomWeights),
+}
+
+/// Builds modules from named HF tensors, read through the caller's `get` or drawn at random.
 struct Builder<'a, 'b> {
-    get: &'a mut ReadTensor<'b>,
+    source: Source<'a, 'b>,
     device: &'a Device,
     eps: f64,
 }
 
 impl Builder<'_, '_> {
-    fn data(&mut self, name: &str, shape: &[usize]) -> Result<TensorData> {
-        Ok(TensorData::new((self.get)(name, shape)?, shape.to_vec()))
-    }
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        Ok(Tensor::from_data(self.data(name, &shape)?, self.device))
+        match &mut self.source {
+            Source::Read(get) => {
+                let data = TensorData::new(get(name, &shape)?, shape.to_vec());
+                Ok(Tensor::from_data(data, self.device))
+            }
+            Source::Random(w) => {
+                let options = (self.device, w.dtype);
+                Ok(if name.ends_with("norm.weight") {
+                    Tensor::ones(shape, options)
+                } else {
+                    Tensor::random(
+                        shape,
+                        Distribution::Normal(0.0, random_std(name, &shape)),
+                        options,
+                    )
+                })
+            }
+        }
     }
     fn norm(&mut self, name: &str, d: usize) -> Result<RmsNorm> {
         Ok(RmsNorm {
@@ -159,12 +157,24 @@ impl Builder<'_, '_> {
     }
     /// `prefix.weight` `[out, in]` (+ `prefix.bias` `[out]`).
     fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<QLinear> {
-        let w = self.tensor(&format!("{prefix}.weight"), [out, inp])?;
         let b = if bias {
             Some(self.tensor(&format!("{prefix}.bias"), [out])?)
         } else {
             None
         };
+        if let Source::Random(w) = &self.source {
+            let name = format!("{prefix}.weight");
+            return Ok(match w.any4 {
+                Some(cfg) if prefix != "lm_head" || w.lm_head => {
+                    QLinear::Quant(random_any4(out, inp, cfg, b, self.device))
+                }
+                _ => QLinear::Dense(Linear {
+                    weight: param(self.tensor(&name, [inp, out])?),
+                    bias: b.map(param),
+                }),
+            });
+        }
+        let w = self.tensor(&format!("{prefix}.weight"), [out, inp])?;
         Ok(QLinear::from_hf(w, b))
     }
     /// A dense `nn::Linear` without bias from `name` `[out, in]` (Burn stores `[in, out]`).
@@ -173,6 +183,59 @@ impl Builder<'_, '_> {
             weight: param(transposed_contiguous(self.tensor(name, [out, inp])?)),
             bias: None,
         })
+    }
+    /// Whether the LM head is built on its own rather than tied to the embedding.
+    fn untied_head(&self, config: &LlamaConfig) -> bool {
+        match &self.source {
+            Source::Read(_) => !config.tie_word_embeddings,
+            Source::Random(w) => !config.tie_word_embeddings || (w.any4.is_some() && w.lm_head),
+        }
+    }
+}
+
+/// Standard deviation of random weights: `1/√fan_in` for linears (activations keep their
+/// scale), 1 for embeddings.
+fn random_std(name: &str, shape: &[usize]) -> f64 {
+    if name.contains("embed") {
+        1.0
+    } else {
+        1.0 / (*shape.last().unwrap_or(&1) as f64).sqrt()
+    }
+}
+
+/// An any4 linear `[out, in]` with random codes, per-row tables and scales drawn on `device`.
+fn random_any4(
+    out: usize,
+    inp: usize,
+    config: Any4Config,
+    bias: Option<Tensor<1>>,
+    device: &Device,
+) -> Any4Linear {
+    let groups = config.group_size().groups_for(inp);
+    let frozen = |t: Tensor<2>| Param::initialized(ParamId::new(), t).set_require_grad(false);
+    let f32s =
+        |shape: [usize; 2], d: Distribution| Tensor::<2>::random(shape, d, (device, DType::F32));
+    let codes = Tensor::<2, Int>::random(
+        [out, inp.div_ceil(8)],
+        Distribution::Uniform(0.0, u32::MAX as f64),
+        (device, DType::U32),
+    );
+    let table = f32s([out, 16], Distribution::Normal(0.0, 1.0));
+    let table_i8 = any4_burn::int8_tables_tensor(&table).expect("a [out, 16] table");
+    Any4Linear {
+        codes: Param::initialized(ParamId::new(), codes),
+        table_i8: Param::initialized(ParamId::new(), table_i8),
+        table: frozen(table),
+        scales: frozen(f32s(
+            [out, groups],
+            Distribution::Normal(0.0, 1.0 / (inp as f64).sqrt()),
+        )),
+        zeros: frozen(Tensor::zeros([out, groups], (device, DType::F32))),
+        bias: bias.map(|b| Param::initialized(ParamId::new(), b).set_require_grad(false)),
+        config,
+        cpu: CpuMatmul::Auto,
+        d_input: inp,
+        d_output: out,
     }
 }
 
@@ -189,6 +252,21 @@ impl Llama {
         device: &Device,
         get: &mut ReadTensor<'_>,
     ) -> Result<Self> {
+        Self::build(config, device, Source::Read(get))
+    }
+
+    /// A model of `config`'s shape with random weights drawn directly on `device` (dense, or
+    /// any4 with random codes: see [`RandomWeights`]); for measuring speed at a real model's
+    /// shape without its files or a quantization run. Not seeded: the values are arbitrary.
+    pub fn random_on_device(
+        config: LlamaConfig,
+        weights: RandomWeights,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(config, device, Source::Random(weights))
+    }
+
+    fn build(config: LlamaConfig, device: &Device, source: Source<'_, '_>) -> Result<Self> {
         config.validate()?;
         let (d, f, v) = (
             config.hidden_size,
@@ -203,7 +281,7 @@ impl Llama {
         let (ab, mb) = (config.attention_bias, config.mlp_bias);
         let moe_config = config.moe()?;
         let mut b = Builder {
-            get,
+            source,
             device,
             eps: config.rms_norm_eps,
         };
@@ -264,10 +342,10 @@ impl Llama {
             });
         }
         let norm = b.norm("model.norm.weight", d)?;
-        let lm_head = if config.tie_word_embeddings {
-            QLinear::from_hf(embed.clone(), None)
-        } else {
+        let lm_head = if b.untied_head(&config) {
             b.linear("lm_head", v, d, false)?
+        } else {
+            QLinear::from_hf(embed.clone(), None)
         };
         let rope_inv_freq = inv_freq(&config.rope()?);
         Ok(Llama {
@@ -292,11 +370,7 @@ impl Llama {
             if name.ends_with("norm.weight") {
                 return Ok(vec![1.0; n]);
             }
-            let std = if name.contains("embed") {
-                1.0
-            } else {
-                1.0 / (*shape.last().unwrap_or(&1) as f64).sqrt()
-            };
+            let std = random_std(name, shape);
             let mut r = SplitMix64::for_stream(seed, stream);
             Ok((0..n).map(|_| (r.next_gaussian() * std) as f32).collect())
         };
@@ -308,9 +382,14 @@ impl Llama {
         self.layers.len()
     }
 
-    /// An empty KV cache sized for this model.
+    /// An empty KV cache for this model (buffers allocated on the first step, grown by doubling).
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
+    }
+
+    /// An empty KV cache that holds `positions` positions before it has to grow.
+    pub fn new_cache_with_capacity(&self, positions: usize) -> KvCache {
+        KvCache::with_capacity(self.layers.len(), positions)
     }
 
     /// The device the weights live on.
@@ -318,9 +397,9 @@ impl Llama {
         self.embed_tokens.weight.val().device()
     }
 
-    /// Rotary tables for `len` new positions from `start`, and their mask over keys from
-    /// `key_start`.
+    /// Rotary tables and positions for `len` new positions from `start`, keys from `key_start`.
     fn context(&self, key_start: usize, start: usize, len: usize, device: &Device) -> StepContext {
+        let _t = span(Op::Setup);
         StepContext::new(
             &self.rope_inv_freq,
             key_start,
@@ -331,44 +410,84 @@ impl Llama {
         )
     }
 
-    fn run(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
-        let [_, t] = tokens.dims();
-        let (key_start, start) = cache.as_ref().map_or((0, 0), |c| (c.start, c.len));
-        if let Some(c) = cache.as_ref() {
-            assert_eq!(
-                c.layers.len(),
-                self.layers.len(),
-                "KV cache made for a model with another layer count"
-            );
-        }
-        let ctx = self.context(key_start, start, t, &tokens.device());
-        let mut h = self.embed_tokens.forward(tokens);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            h = layer.forward(h, &ctx, layer_cache);
-        }
-        if let Some(c) = cache {
-            c.len += t;
-            if let Some(w) = self.config.sliding_window {
-                let keep = (w - 1).min(c.len);
-                c.layers.iter_mut().for_each(|l| l.keep_last(keep));
-                c.start = c.len - keep;
+    /// The hidden states after the final norm, `[batch, t or 1, hidden]` (only the last position
+    /// when `last_only`), extending `cache` if given.
+    fn run(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Tensor<3> {
+        let [batch, t] = tokens.dims();
+        let mut h = {
+            let _t = span(Op::Embed);
+            self.embed_tokens.forward(tokens)
+        };
+        let window = self.config.sliding_window;
+        match cache {
+            Some(cache) => {
+                cache.check_layers(self.layers.len());
+                let shape = StepShape {
+                    batch,
+                    new: t,
+                    kv_heads: self.config.kv_heads(),
+                    head_dim: self.config.head_dim(),
+                    dtype: h.dtype(),
+                    device: h.device(),
+                };
+                let ctx = cache.begin(&shape, &self.rope_inv_freq, window);
+                for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+                    h = layer.forward(h, &ctx, Some(lc));
+                }
+                cache.end(t, window);
+            }
+            None => {
+                let ctx = self.context(0, 0, t, &h.device());
+                for layer in &self.layers {
+                    h = layer.forward(h, &ctx, None);
+                }
             }
         }
-        self.lm_head.forward(self.norm.forward(h))
+        let h = if last_only && t > 1 {
+            h.narrow(1, t - 1, 1)
+        } else {
+            h
+        };
+        let _t = span(Op::Norm);
+        ops::rms_norm(h, &self.norm)
+    }
+
+    fn head(&self, h: Tensor<3>) -> Tensor<3> {
+        let _t = span(Op::Head);
+        self.lm_head.forward(h)
     }
 
     /// Logits `[batch, new, vocab]` for `tokens: [batch, new]` following what `cache` holds,
     /// which is extended: prefill with the whole prompt, then decode one token at a time.
     /// All sequences of a batch share positions (no padding).
     pub fn forward(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
-        self.run(tokens, Some(cache))
+        ops::on_pool(&tokens.device(), tokens.dims().iter().product(), || {
+            self.head(self.run(tokens, Some(cache), false))
+        })
+    }
+
+    /// As [`forward`](Self::forward), but only the logits of the last new position,
+    /// `[batch, vocab]`: what generation needs, and the LM head runs on one row instead of
+    /// `new` (for a 512-token prompt of a 135M model the head is a fifth of the work).
+    pub fn forward_last(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<2> {
+        let logits = ops::on_pool(&tokens.device(), tokens.dims().iter().product(), || {
+            self.head(self.run(tokens, Some(cache), true))
+        });
+        let [b, _, v] = logits.dims();
+        logits.reshape([b, v])
     }
 
     /// Logits `[batch, len, vocab]` for whole sequences from position 0, without a cache
     /// (perplexity, calibration).
     pub fn forward_all(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        self.run(tokens, None)
+        ops::on_pool(&tokens.device(), tokens.dims().iter().product(), || {
+            self.head(self.run(tokens, None, false))
+        })
     }
 
     /// One-shot calibration: per-channel input means of every linear layer over `tokens`.

@@ -51,12 +51,16 @@ fn llama3(f: f64, factor: f64, low: f64, high: f64, original: f64) -> f64 {
     }
 }
 
-/// `cos`/`sin` tables `[len, dim]` for positions `start..start + len` (halves duplicated).
+/// `cos`/`sin` tables `[len, dim]` for positions `start..start + len`.
+///
+/// `sin` carries `rotate_half`'s sign: its first half is `−sin(p·fᵢ)`, its second `+sin(p·fᵢ)`,
+/// so `x·cos + rotate_half(x)·sin(p·f)` = `x·cos + swap_halves(x)·sin` with the same products
+/// and sum (a sign flip is exact) and one op fewer (no negation).
 #[derive(Debug, Clone)]
 pub struct RopeTables {
-    /// `cos(p·fᵢ)`, `[len, dim]`.
+    /// `cos(p·fᵢ)`, halves duplicated, `[len, dim]`.
     pub cos: Tensor<2>,
-    /// `sin(p·fᵢ)`, `[len, dim]`.
+    /// `∓sin(p·fᵢ)` (first half negated), `[len, dim]`.
     pub sin: Tensor<2>,
 }
 
@@ -72,10 +76,10 @@ impl RopeTables {
             for (i, f) in inv_freq.iter().enumerate() {
                 let angle = (f * p) as f64;
                 let (s, c) = (angle.sin() as f32, angle.cos() as f32);
-                for j in [i, i + half] {
-                    cos[t * dim + j] = c;
-                    sin[t * dim + j] = s;
-                }
+                cos[t * dim + i] = c;
+                cos[t * dim + i + half] = c;
+                sin[t * dim + i] = -s;
+                sin[t * dim + i + half] = s;
             }
         }
         let t = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [len, dim]), device);
@@ -85,16 +89,38 @@ impl RopeTables {
         }
     }
 
-    /// Rotate `x: [batch, heads, len, dim]`.
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rows of positions `offset..offset + len` (views, nothing copied).
+    pub fn narrow(&self, offset: usize, len: usize) -> Self {
+        RopeTables {
+            cos: self.cos.clone().narrow(0, offset, len),
+            sin: self.sin.clone().narrow(0, offset, len),
+        }
+    }
+
+    /// Rotate `x: [batch, len, heads, dim]` (the projection's layout, before heads move forward).
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let dim = x.dims()[3];
+        let [_, len, _, dim] = x.dims();
         let half = dim / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        let cos = self.cos.clone().unsqueeze::<4>();
-        let sin = self.sin.clone().unsqueeze::<4>();
-        x * cos + rotated * sin
+        let swapped = Tensor::cat(
+            vec![
+                x.clone().narrow(3, half, half),
+                x.clone().narrow(3, 0, half),
+            ],
+            3,
+        );
+        let cos = self.cos.clone().reshape([1, len, 1, dim]);
+        let sin = self.sin.clone().reshape([1, len, 1, dim]);
+        x * cos + swapped * sin
     }
 }
 

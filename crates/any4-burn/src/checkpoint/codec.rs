@@ -46,19 +46,6 @@ pub(super) fn float_dtype(d: DType) -> Option<Dtype> {
     }
 }
 
-/// Transpose a row-major `[r, c]` byte matrix of `elem`-byte elements.
-pub(super) fn transpose_bytes(bytes: &[u8], r: usize, c: usize, elem: usize) -> Vec<u8> {
-    let mut out = vec![0u8; bytes.len()];
-    for i in 0..r {
-        for j in 0..c {
-            let src = (i * c + j) * elem;
-            let dst = (j * r + i) * elem;
-            out[dst..dst + elem].copy_from_slice(&bytes[src..src + elem]);
-        }
-    }
-    out
-}
-
 /// Little-endian safetensors f32 / f16 / bf16 bytes as f32 values; `None` for other dtypes.
 pub fn bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     let halves = |f: fn(u16) -> f32| {

@@ -1,4 +1,5 @@
-//! Quantized checkpoints: one safetensors file plus a JSON `quantization_config` (ANY4.md §7).
+//! Quantized checkpoints: one safetensors file plus a JSON `quantization_config`
+//! (docs/METHOD.md §8).
 //!
 //! Layout-neutral by design: tensor names are Burn module paths with enum variants dropped
 //! (`layers.0.self_attn.q_proj.weight`); dense `Linear` weights are stored `[out, in]` as in
@@ -13,6 +14,7 @@
 
 mod codec;
 mod read;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod walk;
@@ -21,14 +23,15 @@ mod write;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use any4_core::Any4Config;
+use any4_core::{Any4Config, Format};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
 pub use codec::bytes_to_f32;
-pub use read::Checkpoint;
-pub use walk::check_finite;
+pub use read::{Any4Header, Checkpoint, is_any4_checkpoint, read_any4_header};
+pub use stream::{CheckpointWriter, PlannedTensor, write_checkpoint_streaming};
+pub use walk::{check_finite, checkpoint_tensor_names};
 pub use write::save;
 
 /// Value of the `format` metadata key.
@@ -65,6 +68,16 @@ pub struct LayerInfo {
     pub table: String,
     /// Whether `p.bias` is present.
     pub bias: bool,
+}
+
+/// [`LayerInfo::table`] of a layer in `format`: learned tables are stored one per row (even for a
+/// one-row matrix), fixed ones once.
+fn table_kind(format: Format) -> &'static str {
+    if format.is_learned() {
+        "per-row"
+    } else {
+        "shared"
+    }
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {

@@ -1,6 +1,7 @@
 //! Reading: a memory-mapped checkpoint, validated (schema, names, shapes, dtypes, finiteness)
 //! before anything is loaded into a model.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::codec::{bytes_to_f32, non_finite};
 use super::walk::{Loader, PathStack};
-use super::{CHECKPOINT_FORMAT, CheckpointMeta, LayerInfo, SCHEMA_VERSION, bad};
+use super::{CHECKPOINT_FORMAT, CheckpointMeta, LayerInfo, SCHEMA_VERSION, bad, table_kind};
 use crate::error::{Error, Result};
 use crate::linear::{Any4Linear, QLinear, QLinearContainer};
 
@@ -19,11 +20,7 @@ use crate::linear::{Any4Linear, QLinear, QLinearContainer};
 fn layer_tensors(p: &str, info: &LayerInfo) -> Vec<(String, Vec<usize>, bool)> {
     let [rows, cols] = info.shape;
     let groups = info.config.group_size().groups_for(cols);
-    let table_rows = if info.config.format().is_learned() {
-        rows
-    } else {
-        1
-    };
+    let table_rows = info.config.format().table_rows(rows);
     let mut v = vec![
         (format!("{p}.qweight"), vec![rows, cols.div_ceil(8)], true),
         (format!("{p}.table"), vec![table_rows, 16], false),
@@ -42,11 +39,7 @@ fn check_layer(st: &SafeTensors<'_>, p: &str, info: &LayerInfo) -> std::result::
     if rows == 0 || cols == 0 {
         return Err(format!("empty shape {:?}", info.shape));
     }
-    let table = if info.config.format().is_learned() {
-        "per-row"
-    } else {
-        "shared"
-    };
+    let table = table_kind(info.config.format());
     if info.table != table {
         return Err(format!(
             "table `{}` does not match format {} (expected `{table}`)",
@@ -72,6 +65,45 @@ fn check_layer(st: &SafeTensors<'_>, p: &str, info: &LayerInfo) -> std::result::
         }
     }
     Ok(())
+}
+
+/// What the header of a checkpoint file says, read without validating the rest.
+#[derive(Debug, Clone)]
+pub struct Any4Header {
+    /// Every tensor name in the file.
+    pub tensors: HashSet<String>,
+    /// The `quantization_config`, if it parses (a damaged one is [`Checkpoint::open`]'s to
+    /// report).
+    pub meta: Option<CheckpointMeta>,
+}
+
+/// The header of `path` if it is a safetensors file whose metadata says `format = "any4"`;
+/// `None` for anything else (another safetensors file, not safetensors, unreadable). Deciding
+/// by this tag, not by whether the file validates, lets callers report a damaged any4 file as
+/// one (through [`Checkpoint::open`]) rather than as some other kind of file.
+pub fn read_any4_header(path: &Path) -> Option<Any4Header> {
+    let file = File::open(path).ok()?;
+    if file.metadata().ok()?.is_dir() {
+        return None;
+    }
+    // SAFETY: read-only mapping; checkpoints are replaced by rename, never written in place.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let (_, meta) = SafeTensors::read_metadata(&mmap).ok()?;
+    let info = meta.metadata().as_ref()?;
+    if info.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+        return None;
+    }
+    Some(Any4Header {
+        tensors: meta.tensors().keys().cloned().collect(),
+        meta: info
+            .get("quantization_config")
+            .and_then(|j| serde_json::from_str(j).ok()),
+    })
+}
+
+/// Whether `path` is tagged as an any4 checkpoint (see [`read_any4_header`]).
+pub fn is_any4_checkpoint(path: &Path) -> bool {
+    read_any4_header(path).is_some()
 }
 
 /// A memory-mapped, validated checkpoint file.
@@ -176,6 +208,24 @@ impl Checkpoint {
         self.mmap.len()
     }
 
+    /// Bytes the file stores for quantized layer `p`: codes, table, scales, zeros and bias.
+    pub fn layer_bytes(&self, p: &str) -> Result<usize> {
+        let info = self
+            .config
+            .layers
+            .get(p)
+            .ok_or_else(|| bad(&self.path, format!("no quantized layer `{p}`")))?;
+        let st = self.tensors()?;
+        layer_tensors(p, info)
+            .iter()
+            .map(|(name, _, _)| {
+                st.tensor(name)
+                    .map(|t| t.data().len())
+                    .map_err(|_| bad(&self.path, format!("missing tensor `{name}`")))
+            })
+            .sum()
+    }
+
     /// Read tensor `name` as f32 values with an expected shape.
     pub(super) fn read_f32(
         &self,
@@ -237,11 +287,7 @@ impl Checkpoint {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let groups = info.config.group_size().groups_for(cols);
-        let table_rows = if info.config.format().is_learned() {
-            rows
-        } else {
-            1
-        };
+        let table_rows = info.config.format().table_rows(rows);
         let table = self.read_f32(st, &format!("{p}.table"), &[table_rows, 16])?;
         let scales = self.read_f32(st, &format!("{p}.scales"), &[rows, groups])?;
         let zeros = self.read_f32(st, &format!("{p}.zeros"), &[rows, groups])?;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
+use any4_core::rng::SplitMix64;
 use burn::tensor::Device;
 
 use std::fs::File;
@@ -31,15 +32,8 @@ crate::impl_qlinear_container!(Two { a, b });
 fn two(seed: u64) -> Two {
     let device = Device::flex();
     let lin = |o: usize, i: usize, s: u64| {
-        let mut x = s.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let v: Vec<f32> = (0..o * i)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect();
+        let mut r = SplitMix64::new(s);
+        let v: Vec<f32> = (0..o * i).map(|_| r.next_f64() as f32 - 0.5).collect();
         QLinear::from_hf(Tensor::from_data(TensorData::new(v, [o, i]), &device), None)
     };
     Two {
@@ -153,6 +147,42 @@ fn interrupted_saves_leave_the_previous_checkpoint() {
         assert_eq!(std::fs::read(&json).expect("read"), b"{\"old\": true}");
     }
     assert_eq!(entries(&dir), ["config.json", "model.safetensors"]);
+    std::fs::remove_dir_all(dir).expect("cleanup");
+}
+
+/// A one-row layer in a learned format keeps its per-row table kind: the writer used to call a
+/// one-row table "shared" (it looked at the table's row count), which the reader then refused
+/// as not matching the format.
+#[test]
+fn one_row_learned_layers_round_trip() {
+    let dir = temp_dir("one-row");
+    let target = dir.join("model.safetensors");
+    let device = Device::flex();
+    let one_row = |s: u64| {
+        let mut r = SplitMix64::new(s);
+        let v: Vec<f32> = (0..64).map(|_| r.next_f64() as f32 - 0.5).collect();
+        QLinear::from_hf(
+            Tensor::from_data(TensorData::new(v, [1, 64]), &device),
+            None,
+        )
+    };
+    let model = Two {
+        a: one_row(1),
+        b: one_row(2),
+    };
+    let (mut model, _) = quantize_model(model, &QuantizeConfig::default(), None).expect("quantize");
+    let meta = save(&mut model, &target).expect("save");
+    assert!(
+        meta.layers.values().all(|l| l.table == "per-row"),
+        "{meta:?}"
+    );
+    let skeleton = Two {
+        a: one_row(3),
+        b: one_row(4),
+    };
+    Checkpoint::open(&target)
+        .and_then(|c| c.load_into(skeleton))
+        .expect("a one-row any4 checkpoint loads");
     std::fs::remove_dir_all(dir).expect("cleanup");
 }
 

@@ -1,13 +1,17 @@
 //! Walking a Burn module by checkpoint path: collecting dense parameters to save, replacing
 //! them on load, and the finiteness check.
 
+use std::collections::BTreeMap;
+
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
 use safetensors::SafeTensors;
 
-use super::codec::{Owned, float_dtype, non_finite, transpose_bytes};
+use super::LayerInfo;
+use super::codec::{Owned, float_dtype, non_finite};
 use super::read::Checkpoint;
 use crate::error::{Error, Result};
+use crate::linear::transposed_contiguous;
 
 /// Check that every dense float parameter of `model` is finite (any4 layers are checked when
 /// they are built); the error names the first tensor that is not, in checkpoint naming
@@ -23,6 +27,48 @@ pub fn check_finite<M: Module>(model: &M) -> Result<()> {
     };
     model.visit(&mut collector);
     collector.error.map_or(Ok(()), Err)
+}
+
+/// The main tensor of every parameter that a checkpoint of `model` holds when the layers in
+/// `quantized` are stored quantized: dense parameters by path, a quantized layer `p` as
+/// `p.qweight` (and `p.bias` if it has one). For `model` with every layer dense (a skeleton to
+/// load into), this is what a loader can check the file's tensor list against before reading.
+pub fn checkpoint_tensor_names<M: Module>(
+    model: &M,
+    quantized: &BTreeMap<String, LayerInfo>,
+) -> Vec<String> {
+    #[derive(Default)]
+    struct Paths {
+        stack: PathStack,
+        paths: Vec<String>,
+    }
+    impl ModuleVisitor for Paths {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.stack.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<D>>) {
+            self.paths.push(self.stack.path());
+        }
+    }
+    let mut visitor = Paths::default();
+    model.visit(&mut visitor);
+    visitor
+        .paths
+        .into_iter()
+        .filter_map(|path| {
+            let Some((layer, leaf)) = path.rsplit_once('.') else {
+                return Some(path);
+            };
+            match (quantized.get(layer), leaf) {
+                (Some(_), "weight") => Some(format!("{layer}.qweight")),
+                (Some(info), "bias") => info.bias.then_some(path),
+                _ => Some(path),
+            }
+        })
+        .collect()
 }
 
 /// Tracks the module path while Burn walks a module; enum variants are dropped.
@@ -84,7 +130,12 @@ impl ModuleVisitor for Collector {
             return;
         }
         let path = self.stack.path();
-        let data = param.val().into_data();
+        // Burn stores Linear weights [in, out]; the file holds PyTorch's [out, in].
+        let data = if D == 2 && self.stack.is_linear_weight() {
+            param.val().transpose().into_data()
+        } else {
+            param.val().into_data()
+        };
         let Some(dtype) = float_dtype(data.dtype()) else {
             self.error = Some(Error::Data(format!(
                 "parameter `{path}` has unsupported dtype {:?}",
@@ -92,13 +143,8 @@ impl ModuleVisitor for Collector {
             )));
             return;
         };
-        let mut shape = data.shape().to_vec();
-        let mut bytes = data.as_bytes().to_vec();
-        if D == 2 && self.stack.is_linear_weight() {
-            // Burn stores Linear weights [in, out]; the file holds PyTorch's [out, in].
-            bytes = transpose_bytes(&bytes, shape[0], shape[1], dtype.bitsize() / 8);
-            shape.swap(0, 1);
-        }
+        let shape = data.shape().to_vec();
+        let bytes = data.as_bytes().to_vec();
         if let Some(e) = non_finite(&path, dtype, &shape, &bytes) {
             self.error = Some(e);
             return;
@@ -153,11 +199,9 @@ impl ModuleMapper for Loader<'_> {
                         (&t.device(), t.dtype()),
                     );
                     if linear {
-                        // Materialised: a lazy transposed view would be re-copied into a
-                        // contiguous buffer by every matmul (it dominated batch-1 decode).
-                        let dtype = loaded.dtype();
-                        let data = loaded.swap_dims(0, 1).into_data();
-                        Tensor::<D>::from_data(data, (&t.device(), dtype))
+                        // The file's [out, in] to Burn's [in, out], materialised.
+                        let dims = t.dims();
+                        transposed_contiguous(loaded.reshape(shape2(&dims))).reshape(dims)
                     } else {
                         loaded
                     }
@@ -174,4 +218,9 @@ impl ModuleMapper for Loader<'_> {
         }
         param
     }
+}
+
+/// `[out, in]` of a linear weight whose Burn dims are `[in, out]` (`D` is 2 for those).
+fn shape2<const D: usize>(dims: &[usize; D]) -> [usize; 2] {
+    [dims[D - 1], dims[0]]
 }

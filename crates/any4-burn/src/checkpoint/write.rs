@@ -13,7 +13,7 @@ use safetensors::tensor::{Metadata, TensorInfo};
 
 use super::codec::{Owned, param_bytes};
 use super::walk::Collector;
-use super::{CHECKPOINT_FORMAT, CheckpointMeta, LayerInfo, MAX_HEADER_BYTES, SCHEMA_VERSION, bad};
+use super::{CHECKPOINT_FORMAT, CheckpointMeta, LayerInfo, MAX_HEADER_BYTES, bad, table_kind};
 use crate::atomic::{Sink, write_atomically};
 use crate::error::{Error, Result};
 use crate::linear::{Any4Linear, QLinear, QLinearContainer};
@@ -39,13 +39,7 @@ pub(super) fn save_with<M: Module + QLinearContainer>(
         None => {}
     }
     let mut tensors = collector.tensors;
-    let mut config = CheckpointMeta {
-        quant_method: CHECKPOINT_FORMAT.to_string(),
-        schema_version: SCHEMA_VERSION,
-        tool_version: concat!("burn-any4 ", env!("CARGO_PKG_VERSION")).to_string(),
-        layers: BTreeMap::new(),
-        modules_not_quantized: Vec::new(),
-    };
+    let mut config = CheckpointMeta::new(BTreeMap::new(), Vec::new());
     let mut result = Ok(());
     model.visit_qlinears("", &mut |p, layer| {
         if result.is_err() {
@@ -69,14 +63,10 @@ pub(super) fn save_with<M: Module + QLinearContainer>(
         }
     });
     result?;
-    let json = serde_json::to_string(&config).map_err(|e| bad(path, e.to_string()))?;
-    let metadata = HashMap::from([
-        ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
-        ("quantization_config".to_string(), json),
-    ]);
+    let metadata = file_metadata(path, &config)?;
     // safetensors' own order: by decreasing dtype alignment, then name, so every tensor's data
     // is aligned for readers that map it in place.
-    tensors.sort_by(|(a, ta), (b, tb)| tb.dtype.cmp(&ta.dtype).then(a.cmp(b)));
+    tensors.sort_by(|(a, ta), (b, tb)| file_order((a, ta.dtype), (b, tb.dtype)));
     let header = header_bytes(path, &tensors, metadata)?;
     write_atomically(path, |tmp| {
         let file = File::create(tmp).map_err(|source| Error::Io {
@@ -100,14 +90,29 @@ pub(super) fn save_with<M: Module + QLinearContainer>(
     Ok(config)
 }
 
+/// The `__metadata__` of a checkpoint holding `config`.
+pub(super) fn file_metadata(
+    path: &Path,
+    config: &CheckpointMeta,
+) -> Result<HashMap<String, String>> {
+    let json = serde_json::to_string(config).map_err(|e| bad(path, e.to_string()))?;
+    Ok(HashMap::from([
+        ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
+        ("quantization_config".to_string(), json),
+    ]))
+}
+
+/// The order of tensors in the file: by decreasing dtype (alignment), then name.
+pub(super) fn file_order(a: (&String, Dtype), b: (&String, Dtype)) -> std::cmp::Ordering {
+    b.1.cmp(&a.1).then(a.0.cmp(b.0))
+}
+
 /// The safetensors header of `tensors` (in file order), padded with spaces to 8 bytes.
 fn header_bytes(
     path: &Path,
     tensors: &[(String, Owned)],
     metadata: HashMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let mut offset = 0usize;
-    let mut infos = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let elements: usize = t.shape.iter().product();
         if elements * t.dtype.bitsize() != t.bytes.len() * 8 {
@@ -120,12 +125,34 @@ fn header_bytes(
                 ),
             ));
         }
-        let end = offset + t.bytes.len();
+    }
+    let layout = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.dtype, t.shape.clone()));
+    header_for(path, layout.collect(), metadata)
+}
+
+/// The safetensors header of tensors `(name, dtype, shape)` laid out back to back in the given
+/// (file) order, padded with spaces to 8 bytes: what [`save`] writes, and what a streaming
+/// writer can compute before any tensor exists.
+pub(super) fn header_for(
+    path: &Path,
+    tensors: Vec<(String, Dtype, Vec<usize>)>,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut offset = 0usize;
+    let mut infos = Vec::with_capacity(tensors.len());
+    for (name, dtype, shape) in tensors {
+        let bits = shape
+            .iter()
+            .try_fold(dtype.bitsize(), |n, d| n.checked_mul(*d))
+            .ok_or_else(|| bad(path, format!("tensor `{name}`: shape {shape:?} overflows")))?;
+        let end = offset + bits.div_ceil(8);
         infos.push((
-            name.clone(),
+            name,
             TensorInfo {
-                dtype: t.dtype,
-                shape: t.shape.clone(),
+                dtype,
+                shape,
                 data_offsets: (offset, end),
             },
         ));
@@ -157,8 +184,24 @@ fn header_bytes(
     Ok(header)
 }
 
-fn quantized_tensors(p: &str, q: &Any4Linear) -> Result<(LayerInfo, Vec<(String, Owned)>)> {
+pub(super) fn quantized_tensors(
+    p: &str,
+    q: &Any4Linear,
+) -> Result<(LayerInfo, Vec<(String, Owned)>)> {
     let m: QuantizedMatrix = q.to_quantized()?;
+    let bias = q.bias.as_ref().map(|b| {
+        let data = b.val().into_data().convert::<f32>();
+        data.as_bytes().to_vec()
+    });
+    Ok(matrix_tensors(p, &m, bias))
+}
+
+/// The tensors of quantized layer `p` holding `m` and the f32 bytes of its bias, if any.
+pub(super) fn matrix_tensors(
+    p: &str,
+    m: &QuantizedMatrix,
+    bias: Option<Vec<u8>>,
+) -> (LayerInfo, Vec<(String, Owned)>) {
     let dt = m.config().param_dtype();
     let mut out = Vec::new();
     let codes: Vec<u8> = m.codes().iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -185,27 +228,22 @@ fn quantized_tensors(p: &str, q: &Any4Linear) -> Result<(LayerInfo, Vec<(String,
             },
         ));
     }
-    if let Some(b) = &q.bias {
-        let data = b.val().into_data().convert::<f32>();
+    let has_bias = bias.is_some();
+    if let Some(bytes) = bias {
         out.push((
             format!("{p}.bias"),
             Owned {
                 dtype: Dtype::F32,
                 shape: vec![m.rows()],
-                bytes: data.as_bytes().to_vec(),
+                bytes,
             },
         ));
     }
     let info = LayerInfo {
         config: *m.config(),
         shape: m.shape(),
-        table: if m.table_rows() == 1 {
-            "shared"
-        } else {
-            "per-row"
-        }
-        .to_string(),
-        bias: q.bias.is_some(),
+        table: table_kind(m.config().format()).to_string(),
+        bias: has_bias,
     };
-    Ok((info, out))
+    (info, out)
 }

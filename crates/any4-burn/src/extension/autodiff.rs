@@ -18,6 +18,7 @@ fn inner<B: Backend>(
         shape: w.shape,
         group: w.group,
         cpu: w.cpu,
+        table_i8: w.table_i8,
     }
 }
 

@@ -6,14 +6,18 @@
 //!   storage (no copy of the weights);
 //! - [`cube`]: every CubeCL runtime (`Device::wgpu(..)`, `Device::cpu()`, `Device::cuda(i)`;
 //!   features `wgpu`, `cpu`, `cuda`): the `any4-kernels` lookup-table kernels on the device buffers;
-//! - [`autodiff`]: over either, forward as above and backward `dx = dy · W` through
+//! - [`fusion`]: `Fusion<B>` over any of them — in practice `Fusion<CubeBackend>`, which is what
+//!   `burn::backend::Cube` is when burn-cubecl's `fusion` feature is on (Burn's default
+//!   features): each any4 call is registered as one custom fusion op that runs the Cube impl;
+//! - [`autodiff`]: over any of them, forward as above and backward `dx = dy · W` through
 //!   `any4_dequantize` (the weight is frozen).
 //!
 //! Other backends never reach the extension: [`route`](crate::route) sends them down the portable
 //! dequantize-then-matmul path of [`Any4WeightPrimitive`](crate::Any4WeightPrimitive).
 //!
-//! The extension is listed for Cube without `Fusion`: the crate depends on burn-cubecl without
-//! its `fusion` feature, so `burn::backend::Cube` is the plain `CubeBackend` implemented here.
+//! The macro lists Cube without `Fusion`: its Cube routing calls `burn::backend::Cube`, the plain
+//! `CubeBackend` (implemented in [`cube`]) in the project's builds and `Fusion<CubeBackend>`
+//! (implemented in [`fusion`], by hand: see there why) wherever something turns fusion on.
 
 use any4_core::GroupSize;
 use burn::backend::{
@@ -28,6 +32,8 @@ mod autodiff;
 mod cube;
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(feature = "cube")]
+mod fusion;
 
 /// Device-resident any4 weights in the portable layout, as passed to the extension.
 #[derive(ExtensionType, Debug, Clone)]
@@ -46,6 +52,9 @@ pub struct Any4WeightPrimitive<B: Backend> {
     pub group: GroupSize,
     /// How a CPU backend treats activations.
     pub cpu: CpuMatmul,
+    /// Derived from `table` when the weight is built: the int8 tables of the CPU int8 path,
+    /// `[1 or rows, any4_core::INT8_TABLE_WORDS]` u32 (see `any4_core::int8_tables`).
+    pub table_i8: IntTensor<B>,
 }
 
 /// The any4 operations a backend provides (Flex: any4-core CPU path; Cube: any4-kernels).

@@ -1,4 +1,5 @@
-//! Lloyd initialisations (ANY4.md §2 ablation: k-means++ best, then NF4 grid, random, uniform).
+//! Lloyd initialisations (docs/METHOD.md §2 ablation: k-means++ best, then NF4 grid, random,
+//! uniform).
 
 use super::Points;
 use crate::config::Init;

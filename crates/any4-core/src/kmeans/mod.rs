@@ -1,11 +1,11 @@
-//! Weighted 1-D k-means: the table learner of anyN (ANY4.md §2).
+//! Weighted 1-D k-means: the table learner of anyN (docs/METHOD.md §2).
 //!
 //! Points are one row's scaled weights; each has a sample weight (`|x̄_j| · s` with calibration
 //! statistics, 1 without). In one dimension the points can be **sorted once**: every cluster is
 //! then a contiguous run of sorted values, so with prefix sums of `w`, `w·x`, `w·x²` a Lloyd
 //! iteration costs `O(k log n)` (binary searches at the midpoints between centroids) instead of
 //! `O(n k)`, and the globally optimal partition can be found by dynamic programming
-//! ([`Solver::Exact`](crate::Solver::Exact)).
+//! ([`Solver::Exact`]).
 
 mod exact;
 mod init;

@@ -9,7 +9,8 @@
 //!
 //! Files: [`reader`](self) parses the header (bounded reads), `dequant` turns blocks into f32,
 //! `tokenizer` rebuilds an HF `tokenizer.json` from the vocabulary, `source` presents the file as
-//! HF-named tensors ([`GgufSource`]) to the model loader.
+//! HF-named tensors ([`GgufSource`]) to the model loader; `writer` (feature `gguf-writer`) builds
+//! small GGUF files for tests and fuzzing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ mod source;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tokenizer;
+#[cfg(any(test, feature = "gguf-writer"))]
+pub mod writer;
 
 pub use dequant::unpermute_qk;
 pub use source::{GgufSource, load_gguf};

@@ -4,51 +4,16 @@ use std::fs::File;
 use std::path::Path;
 
 use super::reader::MAGIC;
+use super::writer::{self, GgufTensor, Meta};
 use super::*;
 
-/// A minimal GGUF writer for tests (v3, alignment 32).
-pub(crate) fn write_gguf(
-    kv: &[(&str, u32, Vec<u8>)],
-    tensors: &[(&str, Vec<u64>, u32, Vec<u8>)],
-) -> Vec<u8> {
-    let s = |x: &str| {
-        [
-            (x.len() as u64).to_le_bytes().to_vec(),
-            x.as_bytes().to_vec(),
-        ]
-        .concat()
-    };
-    let mut out = Vec::new();
-    out.extend(MAGIC.to_le_bytes());
-    out.extend(3u32.to_le_bytes());
-    out.extend((tensors.len() as u64).to_le_bytes());
-    out.extend((kv.len() as u64).to_le_bytes());
-    for (k, ty, v) in kv {
-        out.extend(s(k));
-        out.extend(ty.to_le_bytes());
-        out.extend(v);
-    }
-    let mut offset = 0u64;
-    for (name, dims, ty, data) in tensors {
-        out.extend(s(name));
-        out.extend((dims.len() as u32).to_le_bytes());
-        for d in dims {
-            out.extend(d.to_le_bytes());
-        }
-        out.extend(ty.to_le_bytes());
-        out.extend(offset.to_le_bytes());
-        offset += (data.len() as u64).div_ceil(32) * 32;
-    }
-    while out.len() % 32 != 0 {
-        out.push(0);
-    }
-    for (_, _, _, data) in tensors {
-        out.extend(data);
-        while out.len() % 32 != 0 {
-            out.push(0);
-        }
-    }
-    out
+/// A v3 file with `kv` and `tensors` `(name, dims innermost first, ggml type, data)`.
+fn write_gguf(kv: &[(&str, Meta)], tensors: &[(&str, Vec<u64>, u32, Vec<u8>)]) -> Vec<u8> {
+    let tensors: Vec<GgufTensor> = tensors
+        .iter()
+        .map(|(name, dims, ty, data)| GgufTensor::new(name, dims.clone(), *ty, data.clone()))
+        .collect();
+    writer::write(3, kv, &tensors)
 }
 
 fn open_bytes(bytes: &[u8], name: &str) -> Result<GgufFile> {
@@ -78,12 +43,8 @@ fn reads_metadata_and_dequantizes() {
         .collect();
     let bytes = write_gguf(
         &[
-            (
-                "general.architecture",
-                8,
-                [5u64.to_le_bytes().to_vec(), b"llama".to_vec()].concat(),
-            ),
-            ("llama.block_count", 4, 30u32.to_le_bytes().to_vec()),
+            ("general.architecture", Meta::Str("llama".into())),
+            ("llama.block_count", Meta::U32(30)),
         ],
         &[
             ("a", vec![32, 2], 3, q41),
@@ -141,13 +102,6 @@ fn err_of(bytes: &[u8], name: &str) -> String {
     open_bytes(bytes, name).err().expect("refused").to_string()
 }
 
-fn u8_array(n: u64) -> Vec<u8> {
-    let mut v = 0u32.to_le_bytes().to_vec();
-    v.extend(n.to_le_bytes());
-    v.extend(std::iter::repeat_n(7u8, n as usize));
-    v
-}
-
 #[test]
 fn malformed_directories_are_refused_with_the_reason() {
     let f32s = |n: usize| -> Vec<u8> { vec![0u8; 4 * n] };
@@ -156,7 +110,7 @@ fn malformed_directories_are_refused_with_the_reason() {
         &[("a", vec![4], 0, f32s(4)), ("a", vec![4], 0, f32s(4))],
     );
     assert!(err_of(&dup, "dup").contains("duplicate tensor `a`"));
-    let kv = ("k", 4, 1u32.to_le_bytes().to_vec());
+    let kv = ("k", Meta::U32(1));
     let dup_kv = write_gguf(&[kv.clone(), kv], &[]);
     assert!(err_of(&dup_kv, "dupkv").contains("duplicate metadata key `k`"));
     // 40 values cannot be Q8_0 blocks of 32; the reader used to call this "unsupported".
@@ -176,7 +130,7 @@ fn malformed_directories_are_refused_with_the_reason() {
 /// value is ~32 bytes even when its encoding is 1 byte.
 #[test]
 fn metadata_value_count_is_capped() {
-    let bytes = write_gguf(&[("big", 9, u8_array(100))], &[]);
+    let bytes = write_gguf(&[("big", Meta::Array(0, vec![Meta::U8(7); 100]))], &[]);
     let path = std::env::temp_dir().join(format!("any4-gguf-cap-{}.gguf", std::process::id()));
     std::fs::write(&path, &bytes).expect("write temp");
     let map = |p: &Path| {

@@ -4,8 +4,10 @@
 mod cache;
 mod common;
 mod gguf;
+mod import;
 mod loading;
 mod mixtral;
 mod numerics;
 mod perplexity;
 mod quantization;
+mod stream;

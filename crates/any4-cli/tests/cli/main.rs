@@ -1,5 +1,8 @@
 //! The `any4` binary end to end on the embedded tiny Llama: quantize → inspect → generate → eval,
-//! and the one-line errors users see for bad input.
+//! the one-line errors users see for bad input, and (`output`) the rules that keep a command
+//! from destroying the user's files.
+
+mod output;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -509,9 +512,11 @@ fn damaged_inputs_fail_with_one_line_naming_the_file() {
         "--out",
         &p("file/out"),
     ]);
-    assert_one_line_error(
-        &o,
-        "file/out: cannot create the output folder: Not a directory",
+    assert_one_line_error(&o, "file/out: cannot create the output folder: ");
+    assert!(
+        stderr(&o).contains("file is not a folder"),
+        "{}",
+        stderr(&o)
     );
 
     // A backend that is not compiled in.
@@ -557,114 +562,6 @@ fn closed_stdout_ends_quietly() {
     assert_eq!(stderr(&o), "");
 }
 
-/// `quantize` SIGKILLed at several points, onto a folder holding a checkpoint: afterwards the
-/// folder's checkpoint is the old one byte for byte, or a complete new one, and the folder
-/// loads; the temporaries a killed writer leaves are never read, and the next save removes them.
-#[test]
-fn killed_quantize_leaves_a_loadable_checkpoint() {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
-
-    let dir = scratch("kill").join("out");
-    copy_dir(any4_fixture(), &dir);
-    let old = std::fs::read(dir.join("model.safetensors")).unwrap();
-    // The new checkpoint differs: nf4, MLPs left dense.
-    let model = tiny_llama();
-    let args = [
-        "quantize",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        dir.to_str().unwrap(),
-        "--format",
-        "nf4",
-        "--calib-tokens",
-        "2",
-        "--skip",
-        "*mlp*",
-    ];
-    let temporaries = |dir: &Path| -> Vec<String> {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.ends_with(".tmp"))
-            .collect()
-    };
-    // (wait for a temporary file first?, then wait this long); None = let it finish.
-    // A kill at once (before any write: the old checkpoint must stay), one during loading or
-    // calibration, two while the files are being written, and a run to the end.
-    let plan = [
-        (false, Some(0)),
-        (false, Some(300)),
-        (true, Some(0)),
-        (true, Some(40)),
-        (true, None),
-    ];
-    let (mut mid_write, mut saw_old, mut saw_new) = (0, 0, 0);
-    for (wait_for_tmp, delay_ms) in plan {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_any4"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // This child's temporaries (`.<file>.<pid>.<n>.tmp`); earlier kills left their own.
-        let tag = format!(".{}.", child.id());
-        let writing = |dir: &Path| temporaries(dir).iter().any(|t| t.contains(&tag));
-        let deadline = Instant::now() + Duration::from_secs(120);
-        if wait_for_tmp {
-            while !writing(&dir) && child.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < deadline, "quantize never started writing");
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        }
-        match delay_ms {
-            Some(ms) => {
-                std::thread::sleep(Duration::from_millis(ms));
-                let _ = child.kill(); // SIGKILL; an error means it had already exited
-                let _ = child.wait();
-                mid_write += usize::from(writing(&dir));
-            }
-            None => {
-                assert!(child.wait().unwrap().success());
-                assert_eq!(
-                    temporaries(&dir),
-                    Vec::<String>::new(),
-                    "stale temporaries kept"
-                );
-            }
-        }
-        let now = std::fs::read(dir.join("model.safetensors")).unwrap();
-        if now == old {
-            saw_old += 1;
-        } else {
-            let ckpt = any4_burn::Checkpoint::open(&dir.join("model.safetensors")).unwrap();
-            let formats: Vec<String> = ckpt
-                .config()
-                .layers
-                .values()
-                .map(|l| l.config.format().to_string())
-                .collect();
-            assert!(
-                formats.len() == 24 && formats.iter().all(|f| f == "nf4"),
-                "{formats:?}"
-            );
-            saw_new += 1;
-        }
-        any4_llm::load_auto(&dir, &burn::tensor::Device::flex())
-            .unwrap_or_else(|e| panic!("folder does not load after kill ({delay_ms:?} ms): {e}"));
-    }
-    eprintln!(
-        "{mid_write} kills left a temporary file; checkpoint after: old {saw_old}, new {saw_new}"
-    );
-    assert!(
-        mid_write >= 1,
-        "no kill landed while a temporary file existed"
-    );
-    assert!(saw_old >= 1 && saw_new >= 1, "old {saw_old}, new {saw_new}");
-    std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
-}
-
 /// `any4 eval --json` perplexity of `model` on the first `windows` 256-token windows of `text`.
 fn eval_ppl(model: &Path, text: &Path, windows: usize) -> f64 {
     let windows = windows.to_string();
@@ -683,4 +580,158 @@ fn eval_ppl(model: &Path, text: &Path, windows: usize) -> f64 {
     assert!(o.status.success(), "eval failed: {}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("eval --json is JSON");
     v["ppl"].as_f64().expect("ppl")
+}
+
+/// `--stream` writes what the in-memory `quantize` writes (one-shot and sequential), and a
+/// `--max-memory` below the streaming peak is refused before anything is written.
+#[test]
+fn streamed_quantize_matches_in_memory_and_respects_max_memory() {
+    let root = scratch("stream");
+    let model = tiny_llama();
+    let m = model.to_str().unwrap();
+    for sequential in [false, true] {
+        let (memory, stream) = (root.join("memory"), root.join("stream"));
+        let _ = std::fs::remove_dir_all(&memory);
+        let _ = std::fs::remove_dir_all(&stream);
+        // The first block only: debug builds are slow.
+        let mut args = vec!["quantize", "--model", m, "--calib-tokens", "64"];
+        for skip in [
+            "layers.1*",
+            "layers.2*",
+            "layers.3*",
+            "layers.4*",
+            "layers.5*",
+        ] {
+            args.extend(["--skip", skip]);
+        }
+        if sequential {
+            args.push("--sequential");
+        }
+        let run = |out: &Path, extra: &[&str]| {
+            let mut a = args.clone();
+            a.extend(["--out", out.to_str().unwrap()]);
+            a.extend(extra);
+            let o = any4(&a);
+            assert!(o.status.success(), "quantize {extra:?}: {}", stderr(&o));
+            stdout(&o)
+        };
+        run(&memory, &[]);
+        let text = run(&stream, &["--stream"]);
+        assert!(text.contains("streamed"), "{text}");
+        for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+            assert!(
+                std::fs::read(memory.join(f)).unwrap() == std::fs::read(stream.join(f)).unwrap(),
+                "{f} differs (sequential: {sequential})"
+            );
+        }
+    }
+    let refused = root.join("refused");
+    let o = any4(&[
+        "quantize",
+        "--model",
+        m,
+        "--out",
+        refused.to_str().unwrap(),
+        "--stream",
+        "--max-memory",
+        "1M",
+    ]);
+    assert_one_line_error(&o, "over --max-memory");
+    assert!(!refused.exists());
+    let o = any4(&[
+        "quantize",
+        "--model",
+        m,
+        "--out",
+        refused.to_str().unwrap(),
+        "--max-memory",
+        "lots",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // Streaming needs safetensors: a GGUF file is refused with the reason.
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-gguf");
+    let file = std::fs::read_dir(&gguf)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .expect("a GGUF fixture");
+    let o = any4(&[
+        "quantize",
+        "--model",
+        file.to_str().unwrap(),
+        "--out",
+        refused.to_str().unwrap(),
+        "--stream",
+    ]);
+    assert_one_line_error(&o, "--stream needs an HF folder");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// `any4 import` of the GPTQ fixture, then the other commands read the result; errors are one
+/// line naming the problem.
+#[test]
+fn import_gptq_then_inspect_and_eval() {
+    let root = scratch("import");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../any4-llm/tests/fixtures/int4");
+    let out = root.join("gptq-any4");
+    let src = fixture.join("gptq-tiny");
+    let o = any4(&[
+        "import",
+        "--from",
+        "gptq",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "import: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("import --json is JSON");
+    assert_eq!(v["layers"], 7);
+    let o = any4(&["inspect", out.to_str().unwrap()]);
+    assert!(
+        o.status.success() && stdout(&o).contains("int4"),
+        "{}",
+        stdout(&o)
+    );
+    let text = root.join("words.txt");
+    std::fs::write(&text, "w3 w4 w5 w6 w7 w8 w9 w10 ".repeat(8)).unwrap();
+    let o = any4(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--seq-len",
+        "16",
+        "--json",
+    ]);
+    assert!(o.status.success(), "eval: {}", stderr(&o));
+    let o = any4(&[
+        "import",
+        "--from",
+        "awq",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        root.join("x").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "quant_method is `gptq`");
+    // An output folder holding someone's files is never replaced.
+    let busy = root.join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("notes.txt"), "mine").unwrap();
+    let o = any4(&[
+        "import",
+        "--from",
+        "gptq",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        busy.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "is not an any4 checkpoint folder");
+    assert!(busy.join("notes.txt").is_file());
+    std::fs::remove_dir_all(&root).unwrap();
 }

@@ -1,7 +1,12 @@
-//! A small GGUF writer (llama.cpp's layout: v3, 32-byte alignment, dims innermost first) for
-//! the GGUF seeds: complete tiny Llama models in every tensor type the reader dequantizes.
+//! A small GGUF writer (llama.cpp's layout: dims innermost first, data aligned to 32 bytes unless
+//! `general.alignment` says otherwise), for tests and fuzz seeds: the reader's tests and the
+//! fuzz targets build their files with it. Feature `gguf-writer` (always on in this crate's own
+//! tests); not a model exporter — it writes exactly the values and blocks it is given.
 
-/// A metadata value as written.
+use super::reader::MAGIC;
+
+/// A metadata value as written (the GGUF value type ids in the variant docs).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Meta {
     /// type 0.
     U8(u8),
@@ -80,6 +85,7 @@ fn string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// A tensor: name, GGUF dims (innermost first), ggml type id and raw data.
+#[derive(Debug, Clone, PartialEq)]
 pub struct GgufTensor {
     /// llama.cpp name.
     pub name: String,
@@ -89,6 +95,18 @@ pub struct GgufTensor {
     pub ty: u32,
     /// Encoded data.
     pub data: Vec<u8>,
+}
+
+impl GgufTensor {
+    /// A tensor of ggml type `ty` holding `data` (already encoded, see [`encode`]).
+    pub fn new(name: &str, dims: Vec<u64>, ty: u32, data: Vec<u8>) -> Self {
+        GgufTensor {
+            name: name.to_string(),
+            dims,
+            ty,
+            data,
+        }
+    }
 }
 
 /// Serialize a GGUF file (`version` 2 or 3; alignment 32 unless `general.alignment` says).
@@ -101,7 +119,7 @@ pub fn write(version: u32, kv: &[(&str, Meta)], tensors: &[GgufTensor]) -> Vec<u
         })
         .unwrap_or(32);
     let mut out = Vec::new();
-    out.extend(b"GGUF");
+    out.extend(MAGIC.to_le_bytes());
     out.extend(version.to_le_bytes());
     out.extend((tensors.len() as u64).to_le_bytes());
     out.extend((kv.len() as u64).to_le_bytes());
@@ -137,7 +155,11 @@ fn f16(v: f32) -> [u8; 2] {
     half::f16::from_f32(v).to_le_bytes()
 }
 
-/// Encode `values` (a multiple of 32 for the block types) as ggml type `ty`.
+/// Encode `values` as ggml type `ty`: F32 (0), F16 (1), BF16 (30), Q8_0 (8), Q4_0 (2) or Q4_1
+/// (3); the block types take a multiple of 32 values (round to nearest, as llama.cpp does).
+///
+/// # Panics
+/// On any other type id (a test bug).
 pub fn encode(values: &[f32], ty: u32) -> Vec<u8> {
     match ty {
         0 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -187,135 +209,4 @@ pub fn encode(values: &[f32], ty: u32) -> Vec<u8> {
             .collect(),
         other => panic!("no encoder for ggml type {other}"),
     }
-}
-
-fn tokenizer_kv(pre: &str) -> Vec<(&'static str, Meta)> {
-    let tokens = ["<|endoftext|>", "a", "b", "ab", "Ġ", "Ġa", "1", "c"];
-    let strs = |v: &[&str]| Meta::Array(8, v.iter().map(|s| Meta::Str(s.to_string())).collect());
-    vec![
-        ("tokenizer.ggml.model", Meta::Str("gpt2".into())),
-        ("tokenizer.ggml.pre", Meta::Str(pre.into())),
-        ("tokenizer.ggml.tokens", strs(&tokens)),
-        (
-            "tokenizer.ggml.token_type",
-            Meta::Array(5, [3, 1, 1, 1, 1, 1, 1, 1].map(Meta::I32).into()),
-        ),
-        ("tokenizer.ggml.merges", strs(&["a b", "Ġ a"])),
-        ("tokenizer.ggml.bos_token_id", Meta::U32(0)),
-        ("tokenizer.ggml.eos_token_id", Meta::U32(0)),
-    ]
-}
-
-/// A complete 1-block Llama (width 16, 2 heads, 1 kv head, ffn 32, vocab 8) whose tensors use
-/// `types` in turn (so every block type appears), with a tokenizer.
-fn tiny_llama(version: u32, types: &[u32], tied: bool, extra: Vec<(&str, Meta)>) -> Vec<u8> {
-    let mut kv = vec![
-        ("general.architecture", Meta::Str("llama".into())),
-        ("general.name", Meta::Str("tiny".into())),
-        ("llama.block_count", Meta::U32(1)),
-        ("llama.context_length", Meta::U32(64)),
-        ("llama.embedding_length", Meta::U32(16)),
-        ("llama.feed_forward_length", Meta::U32(32)),
-        ("llama.attention.head_count", Meta::U32(2)),
-        ("llama.attention.head_count_kv", Meta::U32(1)),
-        ("llama.rope.freq_base", Meta::F32(10000.0)),
-        ("llama.attention.layer_norm_rms_epsilon", Meta::F32(1e-5)),
-    ];
-    kv.extend(tokenizer_kv("smollm"));
-    kv.extend(extra);
-    // (name, HF shape [out, in] or [n], may use a block type)
-    let mut shapes: Vec<(&str, Vec<u64>)> = vec![
-        ("token_embd.weight", vec![8, 16]),
-        ("blk.0.attn_norm.weight", vec![16]),
-        ("blk.0.attn_q.weight", vec![16, 16]),
-        ("blk.0.attn_k.weight", vec![8, 16]),
-        ("blk.0.attn_v.weight", vec![8, 16]),
-        ("blk.0.attn_output.weight", vec![16, 16]),
-        ("blk.0.ffn_norm.weight", vec![16]),
-        ("blk.0.ffn_gate.weight", vec![32, 16]),
-        ("blk.0.ffn_up.weight", vec![32, 16]),
-        ("blk.0.ffn_down.weight", vec![16, 32]),
-        ("output_norm.weight", vec![16]),
-    ];
-    if !tied {
-        shapes.push(("output.weight", vec![8, 16]));
-    }
-    let tensors: Vec<GgufTensor> = shapes
-        .into_iter()
-        .enumerate()
-        .map(|(i, (name, shape))| {
-            let n: u64 = shape.iter().product();
-            // Norm gains and 1-D tensors stay f32, as llama.cpp writes them.
-            let ty = if shape.len() == 1 {
-                0
-            } else {
-                types[i % types.len()]
-            };
-            let vals = crate::values(n as usize, i as u64 + 1, 0.5);
-            GgufTensor {
-                name: name.to_string(),
-                dims: shape.iter().rev().copied().collect(),
-                ty,
-                data: encode(&vals, ty),
-            }
-        })
-        .collect();
-    write(version, &kv, &tensors)
-}
-
-/// Every metadata value type, nested arrays included.
-fn all_types() -> Vec<(&'static str, Meta)> {
-    vec![
-        ("t.u8", Meta::U8(200)),
-        ("t.i8", Meta::I8(-100)),
-        ("t.u16", Meta::U16(60000)),
-        ("t.i16", Meta::I16(-30000)),
-        ("t.u32", Meta::U32(4_000_000_000)),
-        ("t.i32", Meta::I32(-2_000_000_000)),
-        ("t.f32", Meta::F32(1.5)),
-        ("t.bool", Meta::Bool(true)),
-        ("t.u64", Meta::U64(u64::MAX)),
-        ("t.i64", Meta::I64(i64::MIN)),
-        ("t.f64", Meta::F64(-0.25)),
-        (
-            "t.nested",
-            Meta::Array(
-                9,
-                vec![
-                    Meta::Array(4, vec![Meta::U32(1), Meta::U32(2)]),
-                    Meta::Array(8, vec![Meta::Str("x".into())]),
-                ],
-            ),
-        ),
-        ("general.alignment", Meta::U32(64)),
-    ]
-}
-
-/// Seeds of the `gguf` target: tiny models in each tensor type, v2 and v3.
-pub fn model_seeds() -> Vec<(String, Vec<u8>)> {
-    vec![
-        ("f32.gguf".into(), tiny_llama(3, &[0], true, vec![])),
-        (
-            "f16-bf16.gguf".into(),
-            tiny_llama(3, &[1, 30], false, vec![]),
-        ),
-        ("q8_0.gguf".into(), tiny_llama(3, &[8], true, vec![])),
-        (
-            "q4_0-q4_1.gguf".into(),
-            tiny_llama(2, &[2, 3], false, vec![]),
-        ),
-        (
-            "all-types.gguf".into(),
-            tiny_llama(3, &[0, 8], true, all_types()),
-        ),
-    ]
-}
-
-/// Seeds of the `gguf_tokenizer` target: vocabulary-only files.
-pub fn tokenizer_seeds() -> Vec<(String, Vec<u8>)> {
-    vec![
-        ("smollm.gguf".into(), write(3, &tokenizer_kv("smollm"), &[])),
-        ("gpt2.gguf".into(), write(3, &tokenizer_kv("gpt2"), &[])),
-        ("model.gguf".into(), tiny_llama(3, &[0], true, vec![])),
-    ]
 }

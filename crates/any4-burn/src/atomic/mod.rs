@@ -1,6 +1,11 @@
-//! Atomic file writes: a temporary file beside the target, fsync, rename over the target,
+//! Atomic writes. Files: a temporary file beside the target, fsync, rename over the target,
 //! fsync of the folder — so an interrupted write (error, crash, kill, power loss) leaves the
-//! previous file untouched and readers see the old file or the new one, never a mix.
+//! previous file untouched and readers see the old file or the new one, never a mix. Folders
+//! (a model folder of several files): [`folder`], the same idea one level up.
+
+mod folder;
+
+pub use folder::{CHECKPOINT_FILES, OutputDir, check_output_dir};
 
 use std::fs::File;
 use std::io::Write;
@@ -13,7 +18,7 @@ use crate::error::{Error, Result};
 pub(crate) type Sink<'a> = &'a dyn Fn(File) -> Box<dyn Write>;
 
 /// A write refused before any byte was written, with the path and why.
-fn refused(path: &Path, reason: &str) -> Error {
+pub(crate) fn refused(path: &Path, reason: &str) -> Error {
     Error::Io {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason.to_string()),
@@ -75,13 +80,15 @@ pub(crate) fn temporary_pid(file: &str, name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Remove temporaries for `name` in `dir` whose writer is gone; best effort, Linux only (other
-/// systems keep them: they are never read, only their disk space is lost).
-fn remove_stale_temporaries(dir: &Path, name: &str) {
-    let proc = Path::new("/proc/self");
-    if !proc.exists() {
-        return;
-    }
+/// Whether process `pid` runs, where `/proc` can say; `true` (keep its files) where it cannot.
+pub(crate) fn process_runs(pid: u32) -> bool {
+    !Path::new("/proc/self").exists() || Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Remove temporaries (files, or folders of [`folder`]) for `name` in `dir` whose writer is gone;
+/// best effort, Linux only (other systems keep them: they are never read, only their disk space
+/// is lost).
+pub(crate) fn remove_stale_temporaries(dir: &Path, name: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -89,9 +96,13 @@ fn remove_stale_temporaries(dir: &Path, name: &str) {
         let file = entry.file_name();
         if let Some(pid) = temporary_pid(&file.to_string_lossy(), name)
             && pid != std::process::id()
-            && !Path::new("/proc").join(pid.to_string()).exists()
+            && !process_runs(pid)
         {
-            let _ = std::fs::remove_file(entry.path());
+            let path = entry.path();
+            let _ = match entry.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                _ => std::fs::remove_file(&path),
+            };
         }
     }
 }
