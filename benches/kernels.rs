@@ -1,45 +1,61 @@
-//! any4 matmul vs the dense matmul of the same backend and dtype, measured in the same run.
+//! any4 matmul vs dense baselines, measured in the same process.
 //!
-//! `cargo xtask bench kernels [--backend flex|cpu|wgpu|cuda] [--sizes 1024,4096]
-//! [--shapes 16384x8192] [--batch 1,16] [--dtype f32|f16|bf16] [--repeats N] [--json FILE]` (or
-//! `cargo bench --bench kernels --features <backend> -- ...`).
+//! `cargo xtask bench kernels [--backend flex|cpu|wgpu|cuda] [--shapes 4096x4096,...]
+//! [--sizes 1024,4096] [--batch 1,4,16,64] [--dtype f32|f16|bf16] [--precision int8,exact]
+//! [--calls N] [--repeats R] [--copies-mb MB] [--warmup-ms MS] [--json FILE]`
+//! (or `cargo bench --bench kernels --features <backend>[,autotune] -- ...`).
 //!
-//! `--dtype` is the activation and dense-weight dtype (f16/bf16: the GPU baseline; the any4 side
-//! takes the activation in that dtype and returns its output in it, as `Any4Linear` does).
+//! For every `N×K` weight and batch `M`: random any4 weights (per-row sorted tables, G = 128;
+//! speed does not depend on the values) through [`Any4Linear`] as a Burn user runs it, with the
+//! activations in `--dtype` (f16/bf16 on GPUs: no casts on either side), against
+//! - Burn's dense `x.matmul(Wᵀ)` in the same dtype (`burn-autotune-<dtype>` when the bench is
+//!   built with `autotune`, Burn's tuned kernels as its users get them; `burn-<dtype>` without);
+//! - on CUDA, cuBLAS bf16 (`cublasGemmEx`, f32 accumulation, its own stream): `cublas-bf16`.
 //!
-//! For every square size `K = N` (and every `N×K` shape) and batch `M`: random any4 weights (per-row learned-style tables,
-//! per-group scales: kernel speed does not depend on the values) through `QLinear`'s any4 path,
-//! against `x.matmul(W)` with a dense f32 `W` as `nn::Linear` does. Each timed call is synced
-//! (its output read back) and the median of the repeats is reported. Before timing, both outputs
-//! are compared (the dense `W` is the dequantized any4 weight): a timing of a call that did not
-//! compute the product is worthless, so a mismatch fails the run.
+//! Timing: each side first runs for at least `--warmup-ms` (100); then `--calls` (20) calls are
+//! queued back to back, rotating over weight copies, and one device sync ends them (reduce the
+//! last output on the device, read one value): µs per call = elapsed / calls; the median of
+//! `--repeats` such runs is reported. Every side rotates over ≥ `--copies-mb` MB of weight copies
+//! (512 on GPUs, 128 on CPU runtimes), more than any cache. GB/s is the weight bytes a call
+//! streams (codes and pairs for any4) over its time.
 //!
-//! Cache honesty: both sides rotate over enough weight copies (> 128 MB each, 4× this CPU's L3
-//! and 2× a data-centre GPU's L2) that every timed call streams its weights from memory, as real
-//! decode does; when memory limits the copies (large dense weights), the table says so.
+//! Before any timing the outputs are compared (the dense weight is the dequantized any4 weight):
+//! a timing of a call that did not compute the product is worthless, so a mismatch beyond
+//! `MAX_REL_DIFF` fails the run before results are written.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use any4_burn::Any4Linear;
+use any4_burn::{Any4Linear, CpuMatmul};
 use any4_core::rng::SplitMix64;
 use any4_core::{Any4Config, Format, GroupSize, QuantizedMatrix};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
-/// Bytes each side's rotation should exceed.
-const ROTATION_BYTES: usize = 128 << 20;
-/// Upper bound on the memory all copies of one side may take.
-const MAX_COPY_BYTES: usize = 3 << 30;
+/// The issue's GPU shapes (N × K).
+const GPU_SHAPES: [(usize, usize); 6] = [
+    (4096, 4096),
+    (8192, 8192),
+    (16384, 8192),
+    (16384, 16384),
+    (4096, 11008),
+    (11008, 4096),
+];
+/// Largest accepted `max |a − b| / max |a|` between an any4 output and a baseline's: int8
+/// activations (≤ 1e-2 of the natural scale) and bf16 rounding stay well below it.
+const MAX_REL_DIFF: f64 = 3e-2;
 
 struct Args {
     backend: String,
-    /// `(n, k)` weight shapes: every `--sizes` square, then every `--shapes N×K`.
     shapes: Vec<(usize, usize)>,
     batches: Vec<usize>,
-    repeats: usize,
-    json: Option<PathBuf>,
     dtype: DType,
+    precisions: Vec<CpuMatmul>,
+    calls: usize,
+    repeats: usize,
+    copies_mb: usize,
+    warmup_ms: u64,
+    json: Option<PathBuf>,
 }
 
 fn parse_list(s: &str) -> Result<Vec<usize>, String> {
@@ -70,44 +86,77 @@ fn parse_shapes(s: &str) -> Result<Vec<(usize, usize)>, String> {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut sizes = None;
-    let mut shapes = Vec::new();
+    let (mut sizes, mut shapes) = (None, None);
+    let mut copies_mb = None;
+    let mut dtype = None;
     let mut a = Args {
         backend: "flex".into(),
         shapes: Vec::new(),
         batches: vec![1, 4, 16, 64],
-        repeats: 15,
-        json: None,
         dtype: DType::F32,
+        precisions: vec![CpuMatmul::Auto, CpuMatmul::Exact],
+        calls: 20,
+        repeats: 5,
+        copies_mb: 0,
+        warmup_ms: 100,
+        json: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+        let num = |v: String| {
+            v.parse::<usize>()
+                .map_err(|_| format!("`{v}` is not a number"))
+        };
         match arg.as_str() {
             "--backend" => a.backend = val()?,
             "--sizes" => sizes = Some(parse_list(&val()?)?),
-            "--shapes" => shapes = parse_shapes(&val()?)?,
+            "--shapes" => shapes = Some(parse_shapes(&val()?)?),
             "--batch" => a.batches = parse_list(&val()?)?,
-            "--repeats" => a.repeats = val()?.parse().map_err(|_| "--repeats needs a number")?,
+            "--calls" => a.calls = num(val()?)?,
+            "--repeats" => a.repeats = num(val()?)?,
+            "--copies-mb" => copies_mb = Some(num(val()?)?),
+            "--warmup-ms" => a.warmup_ms = num(val()?)? as u64,
             "--json" => a.json = Some(val()?.into()),
             "--dtype" => {
-                a.dtype = match val()?.as_str() {
+                dtype = Some(match val()?.as_str() {
                     "f32" => DType::F32,
                     "f16" => DType::F16,
                     "bf16" => DType::BF16,
                     other => return Err(format!("--dtype `{other}`: f32, f16 or bf16")),
-                }
+                })
+            }
+            "--precision" => {
+                a.precisions = val()?
+                    .split(',')
+                    .map(|p| match p.trim() {
+                        "int8" => Ok(CpuMatmul::Auto),
+                        "exact" => Ok(CpuMatmul::Exact),
+                        other => Err(format!("--precision `{other}`: int8 or exact")),
+                    })
+                    .collect::<Result<_, _>>()?
             }
             "--bench" => {} // passed by `cargo bench`
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
-    let sizes = match sizes {
-        Some(s) => s,
-        None if shapes.is_empty() => vec![1024, 4096],
-        None => Vec::new(),
+    let gpu = matches!(a.backend.as_str(), "cuda" | "wgpu");
+    a.dtype = dtype.unwrap_or(if a.backend == "cuda" {
+        DType::BF16
+    } else {
+        DType::F32
+    });
+    a.copies_mb = copies_mb.unwrap_or(if gpu { 512 } else { 128 });
+    a.shapes = match (sizes, shapes) {
+        (None, None) if a.backend == "cuda" => GPU_SHAPES.to_vec(),
+        (None, None) => vec![(1024, 1024), (4096, 4096)],
+        (sizes, shapes) => sizes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s, s))
+            .chain(shapes.unwrap_or_default())
+            .collect(),
     };
-    a.shapes = sizes.into_iter().map(|s| (s, s)).chain(shapes).collect();
     if let Some(&(n, k)) = a
         .shapes
         .iter()
@@ -117,8 +166,10 @@ fn parse_args() -> Result<Args, String> {
             "shape {n}×{k}: N and K must be positive, K a multiple of 8"
         ));
     }
-    if a.repeats == 0 || a.batches.contains(&0) {
-        return Err("--repeats and every --batch must be at least 1".into());
+    if a.repeats == 0 || a.calls == 0 || a.batches.contains(&0) || a.precisions.is_empty() {
+        return Err(
+            "--repeats, --calls, --precision and every --batch must be non-empty / >= 1".into(),
+        );
     }
     Ok(a)
 }
@@ -157,201 +208,314 @@ fn random_any4(n: usize, k: usize, seed: u64) -> QuantizedMatrix {
     QuantizedMatrix::from_parts(cfg, [n, k], codes, table, scales, zeros).expect("consistent parts")
 }
 
-fn copies(bytes_each: usize) -> (usize, bool) {
-    let want = ROTATION_BYTES.div_ceil(bytes_each).max(1);
-    let fit = (MAX_COPY_BYTES / bytes_each).max(1);
-    (want.min(fit), want <= fit || bytes_each > ROTATION_BYTES)
-}
-
-/// Median wall time of `f` over `repeats` calls after 3 warm-ups, in microseconds.
-fn median_us(repeats: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let mut t: Vec<f64> = (0..repeats)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
-}
-
-/// Wait for the call: reduce the output on the device and read that one value back.
+/// Wait for everything queued before `y`: reduce it on the device and read that one value.
 ///
 /// Reading matters: on the Cube backends `into_data` returns lazily-read bytes, and a result
-/// dropped unread was measured at 30 µs for a 4096² matvec that takes 280 ms on lavapipe when
-/// read (the first wgpu table of 2026-11-29 was such an artefact). The sum depends on every
-/// output value, so the whole product is computed, while the host copies one number instead of
-/// `M × N` (on a GPU a full readback would dwarf the kernel).
+/// dropped unread does not wait for the kernel. The sum depends on every output value; the host
+/// copies one number instead of `M × N`.
 fn sync(y: Tensor<2>) {
     let s = y.sum().into_data().convert::<f32>();
     std::hint::black_box(s.try_to_vec::<f32>().unwrap_or_default());
 }
 
-/// `max |a − b| / max |a|` over two outputs of the same shape.
-fn rel_diff(a: Tensor<2>, b: Tensor<2>) -> f64 {
-    let to_vec = |t: Tensor<2>| {
-        t.into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default()
-    };
-    let (a, b) = (to_vec(a), to_vec(b));
-    // `f64::max` skips NaN: a non-finite output must fail the check, not vanish from it.
-    if a.len() != b.len() || a.is_empty() || !a.iter().chain(&b).all(|v| v.is_finite()) {
+fn to_vec(t: Tensor<2>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// `max |a − b| / max |a|`; infinite when either holds a non-finite value or the lengths differ.
+fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() || a.is_empty() || !a.iter().chain(b).all(|v| v.is_finite()) {
         return f64::INFINITY;
     }
     let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
     let diff = a
         .iter()
-        .zip(&b)
+        .zip(b)
         .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64));
     if scale > 0.0 { diff / scale } else { diff }
 }
 
-/// Largest accepted [`rel_diff`] between the dense and the any4 output: f32 accumulation in
-/// different orders (and int8 activations on the CPU decode path) stay well below it.
-const MAX_REL_DIFF: f64 = 2e-2;
+/// Median µs per call of `call` (which queues one call and returns its output): warm-up, then
+/// `repeats` runs of `calls` chained calls ending in one sync.
+fn time_chained(args: &Args, mut call: impl FnMut() -> Tensor<2>) -> f64 {
+    let start = Instant::now();
+    while start.elapsed().as_millis() < args.warmup_ms as u128 {
+        let mut last = call();
+        for _ in 1..args.calls {
+            last = call();
+        }
+        sync(last);
+    }
+    let mut runs: Vec<f64> = (0..args.repeats)
+        .map(|_| {
+            let t = Instant::now();
+            let mut last = call();
+            for _ in 1..args.calls {
+                last = call();
+            }
+            sync(last);
+            t.elapsed().as_secs_f64() * 1e6 / args.calls as f64
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
 
 struct Record {
+    precision: &'static str,
+    path: &'static str,
+    baseline: String,
     m: usize,
-    k: usize,
     n: usize,
-    dense_us: f64,
+    k: usize,
     any4_us: f64,
-    cold: bool,
+    baseline_us: f64,
+    gbps: f64,
+    baseline_gbps: f64,
     rel_diff: f64,
 }
 
+/// A baseline for one (shape, batch): its name, µs per call and weight bytes per call.
+struct Baseline {
+    name: String,
+    us: f64,
+    bytes: usize,
+    output: Vec<f32>,
+}
+
+#[cfg(feature = "cuda")]
+fn cublas(
+    args: &Args,
+    w: &[f32],
+    x: &[f32],
+    (m, n, k): (usize, usize, usize),
+) -> Result<Baseline, String> {
+    let copies = (args.copies_mb << 20).div_ceil(n * k * 2).max(1);
+    let mut b = any4_kernels::cublas::CublasBf16::new(0, w, x, (m, n, k), copies)?;
+    b.call()?;
+    b.sync()?;
+    let output = b.output()?;
+    let mut runs = (0..args.repeats)
+        .map(|_| b.time_us(args.calls, args.warmup_ms))
+        .collect::<Result<Vec<_>, _>>()?;
+    runs.sort_by(f64::total_cmp);
+    Ok(Baseline {
+        name: "cublas-bf16".into(),
+        us: runs[runs.len() / 2],
+        bytes: n * k * 2,
+        output,
+    })
+}
+
+/// Burn's dense matmul on `dev` in `args.dtype` over rotating copies of `w`.
+fn burn_dense(
+    args: &Args,
+    dev: &Device,
+    w: &[f32],
+    x: &Tensor<2>,
+    (n, k): (usize, usize),
+) -> Baseline {
+    let bytes = n * k * if args.dtype == DType::F32 { 4 } else { 2 };
+    let copies = (args.copies_mb << 20).div_ceil(bytes).max(1);
+    let dense: Vec<Tensor<2>> = (0..copies)
+        .map(|_| {
+            let data = TensorData::new(w.to_vec(), [n, k]).convert_dtype(args.dtype);
+            Tensor::<2>::from_data(data, (dev, args.dtype)).transpose()
+        })
+        .collect();
+    let output = to_vec(x.clone().matmul(dense[0].clone()));
+    let mut i = 0;
+    let us = time_chained(args, || {
+        i = (i + 1) % dense.len();
+        x.clone().matmul(dense[i].clone())
+    });
+    let tuned = if cfg!(feature = "autotune") {
+        "autotune-"
+    } else {
+        ""
+    };
+    Baseline {
+        name: format!("burn-{tuned}{}", dtype_name(args.dtype)),
+        us,
+        bytes,
+        output,
+    }
+}
+
+/// The kernel the any4 side runs for `m` rows: on Cube backends the kernels' own resolution of
+/// the strategy the Cube extension passes (`Auto`, or `AutoExact` for [`CpuMatmul::Exact`]) on
+/// this device, so the record says which path ran (tensor cores or the SIMT fallback); on Flex
+/// the CPU path (int8 or exact GEMV up to 8 rows, the f32 panel GEMM above).
+fn kernel_path(args: &Args, m: usize, precision: CpuMatmul) -> &'static str {
+    use any4_kernels::cubecl::Device as CubeDevice;
+    let exact = precision == CpuMatmul::Exact;
+    let device = match args.backend.as_str() {
+        "cuda" => CubeDevice::cuda(0),
+        "wgpu" => CubeDevice::wgpu(Default::default()),
+        "cpu" => CubeDevice::cpu(),
+        _ if m > any4_kernels::GEMV_MAX_M => return "flex-gemm",
+        _ if exact => return "flex-exact",
+        _ => return "flex-int8",
+    };
+    let strategy = if exact {
+        any4_kernels::Strategy::AutoExact
+    } else {
+        any4_kernels::Strategy::Auto
+    };
+    let dtype = match args.dtype {
+        DType::F16 => any4_kernels::Dtype::F16,
+        DType::BF16 => any4_kernels::Dtype::BF16,
+        _ => any4_kernels::Dtype::F32,
+    };
+    let path = device.map_err(|e| e.to_string()).and_then(|d| {
+        any4_kernels::resolve(&d.client(), strategy, m, dtype).map_err(|e| e.to_string())
+    });
+    path.map(any4_kernels::Path::name).unwrap_or_else(|e| {
+        eprintln!("bench kernels: {} device: {e}", args.backend);
+        std::process::exit(2)
+    })
+}
+
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("bench kernels: {e}");
-            std::process::exit(2);
-        }
+    let fail = |e: String| -> ! {
+        eprintln!("bench kernels: {e}");
+        std::process::exit(2)
     };
-    let dev = match any4_burn::device_from_name(&args.backend) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("bench kernels: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = parse_args().unwrap_or_else(|e| fail(e));
+    let dev = any4_burn::device_from_name(&args.backend).unwrap_or_else(|e| fail(e.to_string()));
     let mut records = Vec::new();
     for &(n, k) in &args.shapes {
         let q = random_any4(n, k, (n * 31 + k) as u64);
-        let (qa, cold_a) = copies(n * k / 2);
-        let (qd, cold_d) = copies(n * k * if args.dtype == DType::F32 { 4 } else { 2 });
-        let any4: Vec<Any4Linear> = (0..qa)
+        let w = q.dequantize();
+        let any4_bytes = n * k / 2 + n * k.div_ceil(128) * 4;
+        let copies = (args.copies_mb << 20).div_ceil(n * k / 2).max(1);
+        let mut any4: Vec<Any4Linear> = (0..copies)
             .map(|_| Any4Linear::from_quantized(&q, None, &dev))
             .collect();
-        let dense_w = q.dequantize();
-        let dense: Vec<Tensor<2>> = (0..qd)
-            .map(|_| {
-                let data = TensorData::new(dense_w.clone(), [n, k]).convert_dtype(args.dtype);
-                Tensor::<2>::from_data(data, (&dev, args.dtype)).transpose()
-            })
-            .collect();
-        drop(dense_w);
         for &m in &args.batches {
             let mut r = SplitMix64::new(7);
             let xv: Vec<f32> = (0..m * k).map(|_| r.next_gaussian() as f32).collect();
             let x = Tensor::<2>::from_data(
-                TensorData::new(xv, [m, k]).convert_dtype(args.dtype),
+                TensorData::new(xv.clone(), [m, k]).convert_dtype(args.dtype),
                 (&dev, args.dtype),
             );
-            let rel_diff = rel_diff(
-                x.clone().matmul(dense[0].clone()),
-                any4[0].forward(x.clone()),
-            );
-            let mut i = 0;
-            let dense_us = median_us(args.repeats, || {
-                i = (i + 1) % dense.len();
-                sync(x.clone().matmul(dense[i].clone()));
-            });
-            let any4_us = median_us(args.repeats, || {
-                i = (i + 1) % any4.len();
-                sync(any4[i].forward(x.clone()));
-            });
-            records.push(Record {
-                m,
-                k,
-                n,
-                dense_us,
-                any4_us,
-                cold: cold_a && cold_d,
-                rel_diff,
-            });
-            eprintln!(
-                "  {n}x{k} m={m}: dense {dense_us:.0} µs, any4 {any4_us:.0} µs, output rel. diff {rel_diff:.1e}"
-            );
+            // Baselines first (their outputs are the mismatch check's reference).
+            #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+            let mut baselines = vec![burn_dense(&args, &dev, &w, &x, (n, k))];
+            #[cfg(feature = "cuda")]
+            if args.backend == "cuda" {
+                let xr = to_vec(x.clone());
+                baselines.push(cublas(&args, &w, &xr, (m, n, k)).unwrap_or_else(|e| fail(e)));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for &precision in &args.precisions {
+                let path = kernel_path(&args, m, precision);
+                // Above 8 rows both precisions run the same exact GEMM: time it once.
+                let pname = match path {
+                    "gemv-int8" | "flex-int8" => "int8",
+                    _ => "exact",
+                };
+                if !seen.insert(path) {
+                    continue;
+                }
+                any4.iter_mut().for_each(|l| l.cpu = precision);
+                let y = to_vec(any4[0].forward(x.clone()));
+                let mut i = 0;
+                let any4_us = time_chained(&args, || {
+                    i = (i + 1) % any4.len();
+                    any4[i].forward(x.clone())
+                });
+                for b in &baselines {
+                    let rd = rel_diff(&b.output, &y);
+                    if rd.is_nan() || rd > MAX_REL_DIFF {
+                        fail(format!(
+                            "any4 ({path}) and {} outputs differ ({rd:.1e} > {MAX_REL_DIFF:.0e}) at M = {m}, {n}×{k}: nothing written",
+                            b.name
+                        ));
+                    }
+                    eprintln!(
+                        "  {n}x{k} m={m} {pname:5} ({path}): any4 {any4_us:.2} µs, {} {:.2} µs, {:.2}×, rel. diff {rd:.1e}",
+                        b.name,
+                        b.us,
+                        b.us / any4_us
+                    );
+                    records.push(Record {
+                        precision: pname,
+                        path,
+                        baseline: b.name.clone(),
+                        m,
+                        n,
+                        k,
+                        any4_us,
+                        baseline_us: b.us,
+                        gbps: any4_bytes as f64 / any4_us / 1e3,
+                        baseline_gbps: b.bytes as f64 / b.us / 1e3,
+                        rel_diff: rd,
+                    });
+                }
+            }
         }
     }
     let device_name = format!("{dev:?}");
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "backend `{}` ({device_name}), {} activations and dense weights, any4 G=128\n",
+        "backend `{}` ({device_name}), {} activations, any4 G=128; µs per call over {} chained calls \
+         (median of {}), ≥ {} MB of weight copies per side, ≥ {} ms warm-up\n",
         args.backend,
-        dtype_name(args.dtype)
+        dtype_name(args.dtype),
+        args.calls,
+        args.repeats,
+        args.copies_mb,
+        args.warmup_ms
     );
     let _ = writeln!(
         table,
-        "| M | N × K | dense µs | any4 µs | speed-up | weights from memory | output rel. diff |"
+        "| M | N × K | precision (path) | baseline | any4 µs | baseline µs | speed-up | any4 GB/s | baseline GB/s | rel. diff |"
     );
-    let _ = writeln!(table, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|---|");
     for r in &records {
         let _ = writeln!(
             table,
-            "| {} | {} × {} | {:.0} | {:.0} | {:.2}× | {} | {:.1e} |",
+            "| {} | {} × {} | {} ({}) | {} | {:.2} | {:.2} | {:.2}× | {:.0} | {:.0} | {:.1e} |",
             r.m,
             r.n,
             r.k,
-            r.dense_us,
+            r.precision,
+            r.path,
+            r.baseline,
             r.any4_us,
-            r.dense_us / r.any4_us,
-            if r.cold {
-                "yes"
-            } else {
-                "partly (copies limited by RAM)"
-            },
+            r.baseline_us,
+            r.baseline_us / r.any4_us,
+            r.gbps,
+            r.baseline_gbps,
             r.rel_diff
         );
     }
     println!("{table}");
-    if let Some(r) = records
-        .iter()
-        .find(|r| r.rel_diff.is_nan() || r.rel_diff > MAX_REL_DIFF)
-    {
-        eprintln!(
-            "bench kernels: dense and any4 outputs differ ({:.1e} > {MAX_REL_DIFF:.0e}) at M = {}, {}×{}: the timings above are not trustworthy",
-            r.rel_diff, r.m, r.n, r.k
-        );
-        std::process::exit(1);
-    }
     if let Some(path) = &args.json {
         let json: Vec<serde_json::Value> = records
             .iter()
             .map(|r| {
-                serde_json::json!({"backend": args.backend, "device": device_name, "dtype": dtype_name(args.dtype),
-                    "format": "any4", "m": r.m, "k": r.k, "n": r.n, "dense_us": r.dense_us,
-                    "any4_us": r.any4_us, "speedup": r.dense_us / r.any4_us, "weights_from_memory": r.cold,
-                    "output_rel_diff": r.rel_diff})
+                serde_json::json!({"backend": args.backend, "device": device_name,
+                    "dtype": dtype_name(args.dtype), "precision": r.precision, "path": r.path,
+                    "baseline": r.baseline, "m": r.m, "n": r.n, "k": r.k,
+                    "any4_us": (r.any4_us * 100.0).round() / 100.0,
+                    "baseline_us": (r.baseline_us * 100.0).round() / 100.0,
+                    "speedup": r.baseline_us / r.any4_us, "gbps": r.gbps,
+                    "baseline_gbps": r.baseline_gbps, "output_rel_diff": r.rel_diff,
+                    "calls": args.calls, "copies_mb": args.copies_mb})
             })
             .collect();
         let text = serde_json::to_string_pretty(&json).expect("json");
-        if let Err(e) = std::fs::write(path, text) {
-            eprintln!("bench kernels: cannot write {}: {e}", path.display());
-            std::process::exit(1);
-        }
-        let md = path.with_extension("md");
-        if let Err(e) = std::fs::write(&md, &table) {
-            eprintln!("bench kernels: cannot write {}: {e}", md.display());
-            std::process::exit(1);
+        for (p, body) in [(path.clone(), text), (path.with_extension("md"), table)] {
+            if let Err(e) = std::fs::write(&p, body) {
+                eprintln!("bench kernels: cannot write {}: {e}", p.display());
+                std::process::exit(1);
+            }
         }
     }
 }

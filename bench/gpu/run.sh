@@ -1,48 +1,68 @@
 #!/usr/bin/env bash
-# The GPU check of the kernels issue, run ON the device machine (CUDA, no Rust) from the kit that
-# `cargo xtask gpu-kit tests|benches` builds on the CPU machine (target/gpu-kit, carried by the
-# device tool; the two parts are two device calls, each under the 64 MiB a call carries):
+# The GPU check, run ON the device machine (CUDA, no Rust) from one part of the kit that
+# `cargo xtask gpu-kit kernels|decode` builds on the CPU machine (target/gpu-kit, carried by the
+# device tool; each part is one device call, under the 64 MiB a call carries):
 #   bash target/gpu-kit/run.sh            # results under $OUT (or ./gpu-results)
-# Steps whose binaries are not in this part of the kit are skipped.
-# 1. CubeCL kernel tests (any4-kernels) and the Burn Cube-route tests (any4-burn, `cube_cuda`),
-#    with ANY4_REQUIRE_DEVICE=1 so a CUDA device that fails to start is a failure, not a skip;
-# 2. `bench kernels --backend cuda` at f16 (the GPU baseline) and f32, batch 1/4/16/64;
-# 3. `bench decode --backend cuda` on the embedded tiny model.
-# Every step runs even if an earlier one fails, each within what is left of BUDGET seconds
-# (default 540: one device call may run 600 s). Logs, JSON and summary.md go to $OUT.
+# Steps whose binaries or scripts are not in this part are skipped; every step runs even if an
+# earlier one fails, each within what is left of BUDGET seconds (default 540: a call may run 600).
+#   kernels part: 1. the CubeCL kernel tests (any4-kernels: every path against any4-core on CUDA,
+#                    the tensor-core GEMM included, the prmt-vs-portable int8 bit-identity) and the
+#                    Burn Cube-route tests (any4-burn), with ANY4_REQUIRE_DEVICE=1 so a device that
+#                    fails to start is a failure, not a skip; the kernel tests again under
+#                    `compute-sanitizer --tool memcheck` where the machine has it;
+#                 2. `bench-kernels --backend cuda` (bf16: cuBLAS bf16 and Burn's dense matmul in
+#                    the same process; M = 1, 4, 16, 64 on the issue's six shapes);
+#                 3. the anchors: anchors.py (cuBLAS via PyTorch, tinygemm int4), probe.py.
+#   decode part:  4. `bench-decode --backend cuda` on the embedded tiny model; decode_anchor.py.
+# Output: $OUT/summary.md and $OUT/results.tar.xz (logs and JSON; the device tool returns at most
+# 8 files).
 set -uo pipefail
 KIT="$(cd "$(dirname "$0")" && pwd)"
 OUT="${OUT:-$PWD/gpu-results}"
 BUDGET="${BUDGET:-540}"
-mkdir -p "$OUT"
+RES="$OUT/results"
+mkdir -p "$RES"
 cd "$KIT"
 for f in bin/*.xz; do [[ -e $f ]] && xz -d -f "$f"; done
 chmod +x bin/* 2>/dev/null
 export ANY4_REQUIRE_DEVICE=1
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+nvidia-smi > "$RES/nvidia-smi.txt" 2>&1
 summary="$OUT/summary.md"
 echo "# GPU check $(date -u +%FT%TZ)" > "$summary"
-head -15 "$OUT/nvidia-smi.txt" | sed 's/^/    /' >> "$summary"
+head -15 "$RES/nvidia-smi.txt" | sed 's/^/    /' >> "$summary"
 step() {  # name, max seconds, command...
   local name=$1 want=$2; shift 2
   local left=$((BUDGET - SECONDS))
   if (( left < 10 )); then echo "- $name: not run (budget spent)" | tee -a "$summary"; return; fi
   local t=$(( want < left ? want : left )) start=$SECONDS
-  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+  timeout "$t" "$@" > "$RES/$name.log" 2>&1
   local rc=$?
   local note=""
   (( rc == 124 )) && note=" (timed out at ${t} s)"
-  grep -q "no device, skipped" "$OUT/$name.log" && note="$note (device tests SKIPPED)"
+  grep -q "no device, skipped" "$RES/$name.log" && note="$note (device tests SKIPPED)"
   echo "- $name: exit $rc in $((SECONDS - start)) s$note" | tee -a "$summary"
 }
 for t in bin/test-*; do
-  [[ -x $t ]] && step "$(basename "$t")" 200 "$t"
+  [[ -x $t ]] && step "$(basename "$t")" 150 "$t"
 done
-[[ -x bin/bench-kernels ]] && step bench-kernels-f16 150 bin/bench-kernels --backend cuda --dtype f16 \
-  --sizes 4096,8192,16384 --batch 1,4,16,64 --repeats 20 --json "$OUT/kernels-cuda-f16.json"
-[[ -x bin/bench-kernels ]] && step bench-kernels-f32 60 bin/bench-kernels --backend cuda --dtype f32 \
-  --sizes 4096,8192 --batch 1,16 --repeats 20 --json "$OUT/kernels-cuda-f32.json"
-[[ -x bin/bench-decode ]] && step bench-decode 60 bin/bench-decode --backend cuda --models models/tiny-llama \
-  --tokens 64 --repeats 5 --json "$OUT/decode-cuda.json"
-grep -h "test result" "$OUT"/test-*.log >> "$summary" 2>/dev/null
+SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)"
+if [[ -x bin/test-any4-kernels-kernels && -n $SANITIZER ]]; then
+  # The int8, exact and tensor-core paths on the tail shapes (fast under memcheck).
+  step memcheck-kernels 120 "$SANITIZER" --tool memcheck --error-exitcode 3 \
+    bin/test-any4-kernels-kernels cuda::short_last_group cuda::k_not_multiple cuda::n_not_tile
+elif [[ -x bin/test-any4-kernels-kernels ]]; then
+  echo "- memcheck-kernels: not run (no compute-sanitizer on this machine)" | tee -a "$summary"
+fi
+[[ -x bin/bench-kernels ]] && step bench-kernels-bf16 200 bin/bench-kernels --backend cuda \
+  --dtype bf16 --batch 1,4,16,64 --json "$RES/kernels-cuda-bf16.json"
+command -v python3 > /dev/null || echo "- anchors: no python3" | tee -a "$summary"
+[[ -f anchors.py ]] && step anchors 120 python3 anchors.py --batch 1,4,16,64 --json "$RES/anchors.json"
+[[ -f probe.py ]] && step probe 60 python3 probe.py --json "$RES/probe.json"
+[[ -x bin/bench-decode ]] && step bench-decode 120 bin/bench-decode --backend cuda \
+  --models models/tiny-llama --tokens 64 --repeats 5 --json "$RES/decode-cuda.json"
+[[ -f decode_anchor.py ]] && step decode-anchor 200 python3 decode_anchor.py --json "$RES/decode-anchor.json"
+grep -h "test result" "$RES"/test-*.log >> "$summary" 2>/dev/null
+grep -h "ERROR SUMMARY" "$RES"/memcheck-*.log >> "$summary" 2>/dev/null
+[[ -f $RES/kernels-cuda-bf16.md ]] && cat "$RES/kernels-cuda-bf16.md" >> "$summary"
+tar -C "$OUT" -cJf "$OUT/results.tar.xz" results && rm -rf "$RES"
 cat "$summary"

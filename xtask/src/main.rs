@@ -10,6 +10,7 @@ mod llamacpp;
 mod make_model;
 mod plot;
 mod report;
+mod sass;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,8 +19,9 @@ fn main() -> ExitCode {
         Some("ci") => run("bash", &[".ci/run"], &[]),
         Some("gpu-kit") => report_result(
             "gpu-kit",
-            gpu::kit(args.get(1).map_or("tests", String::as_str)),
+            gpu::kit(args.get(1).map_or("kernels", String::as_str)),
         ),
+        Some("sass") => report_result("sass", sass::sass(&args[1..])),
         Some("report") => match args.get(1).map(String::as_str) {
             Some("accuracy") => report_result("report accuracy", report::accuracy(&args[2..])),
             _ => {
@@ -87,7 +89,10 @@ fn main() -> ExitCode {
             );
             println!("  ci             run .ci/run (what CI runs)");
             println!(
-                "  gpu-kit tests|benches  build that part of the GPU check into target/gpu-kit (run.sh on a device)"
+                "  sass [KERNEL...] [--shape NxKxG] [--out FILE]  CUDA kernels → nvcc sm_90a → SASS figures (no GPU)"
+            );
+            println!(
+                "  gpu-kit kernels|decode  build that part of the GPU check into target/gpu-kit (run.sh on a device)"
             );
             ExitCode::SUCCESS
         }

@@ -1,43 +1,52 @@
-//! Dequantization kernel: codes + per-row table + per-group scale/zero → dense `W[N, K]`.
+//! Dequantization: the device layout → a dense `W[N, K]` in f32, f16 or bf16.
 //!
-//! One unit per u32 code word (8 weights): the word is read once and its 8 nibbles are looked
-//! up, scaled and written. This is the building block of the always-valid fallback
-//! (dequantize, then a dense matmul) and the way to hand a dense weight to other code.
+//! One unit per u32 code word (8 weights): the word, its group's (scale, zero) pair and the row
+//! factors are read once, the 8 nibbles looked up in the row's f32 table and written as
+//! `t[c] · ŝ·2^es + ẑ·2^ez` (see [`crate::layout`]). The building block of the always-valid
+//! fallback (dequantize, then a dense matmul) and of the backward pass (`dx = dy · W`).
 
-// `#[cube(launch)]` generates an undocumented module and kernel struct per kernel; the
-// kernels themselves are documented below.
+// `#[cube(launch)]` generates an undocumented module and kernel struct per kernel.
 #![allow(missing_docs)]
 
 use cubecl::prelude::*;
 
-/// `out[n*K + k] = table[n*16 + code(n,k)] * scales[n*G_n + k/G] + zeros[n*G_n + k/G]`,
-/// written as `F` (f32 or f16). Units past `N * ceil(K/8)` do nothing.
-#[cube(launch)]
+use crate::lookup::f16_bits_to_f32;
+
+/// `out[n, k] = w[n, k]` as `F`. Launch `ceil(N · 4V / units)` units (linear cube count).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn dequantize_kernel<F: Float>(
     codes: &[u32],
+    params: &[u32],
     table: &[f32],
-    scales: &[f32],
-    zeros: &[f32],
+    rows: &[Vector<f32, Const<4>>],
     out: &mut [F],
     n: usize,
     k: usize,
-    group_size: usize,
+    vpr: usize,
+    groups: usize,
+    wshift: usize,
+    #[comptime] native_f16: bool,
 ) {
-    let words_per_row = k.div_ceil(8);
-    let n_groups = k.div_ceil(group_size);
     let idx = ABSOLUTE_POS;
+    let words_per_row = vpr * 4;
     if idx < n * words_per_row {
         let row = idx / words_per_row;
         let word_col = idx % words_per_row;
-        let word = codes[idx];
-        #[unroll]
-        for j in 0..8u32 {
-            let col = word_col * 8 + j as usize;
-            if col < k {
-                let code = ((word >> (4 * j)) & 15u32) as usize;
-                let g = row * n_groups + col / group_size;
-                let v = table[row * 16 + code] * scales[g] + zeros[g];
-                out[row * k + col] = F::cast_from(v);
+        let col0 = word_col * 8;
+        if col0 < k {
+            let word = codes[idx];
+            let pair = params[row * groups + (word_col >> wshift)];
+            let f = rows[row];
+            let s = f16_bits_to_f32(pair, native_f16) * f.extract(2usize);
+            let z = f16_bits_to_f32(pair >> 16u32, native_f16) * f.extract(3usize);
+            #[unroll]
+            for j in 0..8u32 {
+                let col = col0 + j as usize;
+                if col < k {
+                    let code = (word >> (4 * j)) & 15u32;
+                    out[row * k + col] = F::cast_from(table[row * 16 + code as usize] * s + z);
+                }
             }
         }
     }

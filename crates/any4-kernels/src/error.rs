@@ -3,14 +3,28 @@
 
 use cubecl::server::ServerError;
 
-/// Why a launch helper refused (or the runtime rejected) a call.
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Why a helper refused (or the runtime rejected) a call.
 #[derive(Debug, thiserror::Error)]
-pub enum KernelError {
+pub enum Error {
     /// A dimension that must be positive is zero.
     #[error("{what} must be > 0")]
     ZeroDimension {
         /// Which dimension (`"N"`, `"K"`, `"M"`, `"group size"`).
         what: &'static str,
+    },
+    /// The group size is neither a power of two ≥ 32 nor at least K (one group per row): the
+    /// device layout puts every 32-weight code vector inside one group.
+    #[error(
+        "group size {group_size} with K = {k}: must be a power of two >= 32, or >= K (per row)"
+    )]
+    UnsupportedGroupSize {
+        /// The rejected group size.
+        group_size: usize,
+        /// Input columns of the weight.
+        k: usize,
     },
     /// A host slice has the wrong number of elements for the declared shape.
     #[error("{name}: expected {expected} elements, got {actual}")]
@@ -22,10 +36,21 @@ pub enum KernelError {
         /// Elements given.
         actual: usize,
     },
+    /// A weight parameter is NaN or infinite (the device layout stores them as f16 with a
+    /// power-of-two row factor, which only finite values have).
+    #[error("{name} of row {row} is not finite ({value})")]
+    NotFinite {
+        /// `table`, `scales` or `zeros`.
+        name: &'static str,
+        /// The row holding it.
+        row: usize,
+        /// The value.
+        value: f32,
+    },
     /// A device buffer is smaller than the declared shape requires.
     #[error("{name}: buffer holds {actual_bytes} bytes, shape needs {expected_bytes}")]
     BufferTooSmall {
-        /// Buffer name (`codes`, `table`, `scales`, `zeros`, `x`, `out`).
+        /// Buffer name (`x`, `out`, `w`).
         name: &'static str,
         /// Bytes the shape requires.
         expected_bytes: u64,
@@ -40,14 +65,10 @@ pub enum KernelError {
         /// Largest supported batch.
         max: usize,
     },
-    /// A [`crate::GemvPlan`] given through [`crate::Strategy::GemvPlanned`] is not valid here.
-    #[error("invalid GEMV plan {plan:?}: {rule}")]
-    InvalidPlan {
-        /// The rejected plan.
-        plan: crate::GemvPlan,
-        /// The rule it breaks.
-        rule: &'static str,
-    },
+    /// [`crate::Strategy::TensorCore`] was asked for on a device without the cooperative-matrix
+    /// configuration the kernel needs.
+    #[error("no tensor-core (cmma) support for {0} on this device")]
+    NoTensorCores(&'static str),
     /// The launch grid would exceed the runtime's cube-count limit.
     #[error("problem too large for one launch: {cubes} cubes along {axis}, limit {limit}")]
     GridTooLarge {
@@ -58,7 +79,7 @@ pub enum KernelError {
         /// Runtime limit.
         limit: u32,
     },
-    /// The runtime does not support an element type the call needs (e.g. f16 on lavapipe).
+    /// The runtime does not support an element type the call needs (e.g. bf16 on lavapipe).
     #[error("the runtime does not support {0}")]
     UnsupportedType(&'static str),
     /// The runtime reported a failure (compilation, binding, out of memory).

@@ -1,57 +1,39 @@
 //! [`Any4Backend`] for `burn_cubecl::CubeBackend`: every CubeCL runtime (wgpu, cpu, cuda, …)
-//! runs the `any4-kernels` lookup-table kernels directly on the tensors' device buffers.
+//! runs the `any4-kernels` kernels on the weight's **device layout**.
 //!
-//! The kernels read a fixed layout: u32 codes, f32 activations, tables, scales and zeros, all
-//! row-major and contiguous, one 16-entry table per row. A call therefore
-//! 1. checks every tensor's shape against the weight's `[rows, cols]` and group size (the public
-//!    [`Any4Weight`](crate::Any4Weight) API already asserts them, this guards direct callers);
-//! 2. casts f16 / bf16 inputs to f32 (the output is cast back to the activation's dtype) and
-//!    other integer code dtypes to u32;
-//! 3. expands a shared `[1, 16]` table (int4 / nf4 / fp4) to `[rows, 16]`: `rows · 64` bytes,
-//!    small next to the `rows · cols / 2` bytes of codes the kernel streams anyway;
-//! 4. makes every tensor contiguous (`into_contiguous` also un-tiles matmul outputs, which
-//!    `into_tensor_arg`-style kernel arguments cannot read), then launches with
-//!    [`Strategy::Auto`]: GEMV for `M ≤ 8`, tiled GEMM above.
+//! The kernels read their own layout ([`any4_kernels::layout`]: 16-byte code vectors, f16
+//! (scale, zero) pairs, f32 and int8 tables), not the portable tensors of
+//! [`Any4WeightPrimitive`]. It is built **once per weight**, the first time the weight reaches a
+//! Cube op: the portable tensors are read back (one device sync), converted on the host exactly as
+//! the CPU int8 path converts its tables, and uploaded; when `K` is a multiple of 32 the portable
+//! codes already are the device codes and their buffer is shared, so the layout adds only the
+//! pairs and tables (~6% of the codes at G = 128). The layout is cached under the memory ids of
+//! the weight's four tensors (CubeCL never reuses an id, so a changed weight is a new entry) and
+//! dropped once its table, scales or zeros are freed.
 //!
-//! Extension ops return tensors, not `Result`s, so a [`KernelError`](any4_kernels::KernelError)
-//! becomes a panic that names the op, the shapes and the device.
+//! A call then checks the activation (2-D, `cols` features, same device), makes it contiguous,
+//! and launches with [`Strategy::Auto`] (int8 GEMV for `M ≤ 8`, tensor cores or SIMT above;
+//! [`Strategy::AutoExact`] when the weight asks for [`CpuMatmul::Exact`]) in the activation's own
+//! dtype (f32, f16, bf16: no casts; f64 and flex32 go through f32). Nothing
+//! waits for the device. Extension ops return tensors, not `Result`s, so an
+//! [`any4_kernels::Error`] becomes a panic that names the op, the shapes and the device.
 
-use any4_kernels::{Strategy, WeightShape};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use any4_core::QuantizedView;
+use any4_kernels::cubecl::prelude::Client;
+use any4_kernels::cubecl::server::Handle;
+use any4_kernels::{DeviceWeight, Dtype, HostLayout, Strategy};
 use burn::backend::TensorMetadata;
 use burn::backend::ops::{FloatTensorOps, IntTensorOps};
-use burn::tensor::{DType, FloatDType, IntDType, Shape};
+use burn::tensor::{DType, FloatDType, Shape, TensorData};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::{Any4Backend, Any4WeightPrimitive};
-
-/// A float tensor as contiguous f32, converting f16 / bf16 (and f64 / flex32) first.
-fn f32_contiguous(t: CubeTensor, what: &str) -> CubeTensor {
-    let t = match t.dtype {
-        DType::F32 => t,
-        DType::F16 | DType::BF16 | DType::F64 | DType::Flex32 => {
-            CubeBackend::float_cast(t, FloatDType::F32)
-        }
-        other => panic!(
-            "any4 (Cube): {what} has dtype {other:?}; the kernels take f32, f16, bf16 or f64"
-        ),
-    };
-    into_contiguous(t)
-}
-
-/// Packed codes as contiguous u32 words. I32 holds the same 32 bits (the kernels read bits, not
-/// values), other integer widths are converted.
-fn codes_u32(t: CubeTensor) -> CubeTensor {
-    let t = match t.dtype {
-        DType::U32 | DType::I32 => t,
-        DType::U64 | DType::I64 | DType::U16 | DType::I16 | DType::U8 | DType::I8 => {
-            CubeBackend::int_cast(t, IntDType::U32)
-        }
-        other => panic!("any4 (Cube): codes have dtype {other:?}; expected u32 packed words"),
-    };
-    into_contiguous(t)
-}
+use crate::weight::CpuMatmul;
 
 /// The logical 2-D shape (a storage-tiled matmul output reports its tiles in `meta`).
 fn dims2(t: &CubeTensor, what: &str) -> [usize; 2] {
@@ -64,35 +46,76 @@ fn dims2(t: &CubeTensor, what: &str) -> [usize; 2] {
     [shape[0], shape[1]]
 }
 
-/// The weight's device buffers in the kernels' layout, validated against `w.shape` / `w.group`.
-struct KernelWeight {
-    weight: any4_kernels::Any4Weight,
-    /// Keeps the prepared tensors (and so their buffers) alive for the launch.
-    _tensors: [CubeTensor; 4],
-    client: any4_kernels::cubecl::prelude::Client,
-    device: burn_cubecl::CubeDevice,
-    /// dtype of the table as given (what `any4_dequantize` returns).
-    param_dtype: DType,
+/// The kernels' dtype for a Burn float dtype, `None` for f64 / flex32 (computed in f32).
+fn kernel_dtype(dtype: DType) -> Option<Dtype> {
+    match dtype {
+        DType::F32 => Some(Dtype::F32),
+        DType::F16 => Some(Dtype::F16),
+        DType::BF16 => Some(Dtype::BF16),
+        _ => None,
+    }
 }
 
-fn prepare(w: Any4WeightPrimitive<CubeBackend>) -> KernelWeight {
+/// Identity of one tensor's buffer: memory id and byte offset (ids are never reused).
+type BufferKey = (usize, u64);
+
+fn buffer_key(h: &Handle) -> BufferKey {
+    (
+        h.memory.clone().binding().id().value,
+        h.offset_start.unwrap_or(0),
+    )
+}
+
+/// Whether a buffer is still allocated, without keeping it allocated.
+type Liveness = Box<dyn Fn() -> bool + Send>;
+
+fn liveness(h: &Handle) -> Liveness {
+    let weak = h.memory.clone().binding().downgrade();
+    Box::new(move || weak.upgrade().is_some())
+}
+
+/// A cached device layout and what tells when its weight is gone: the weight's table, scales
+/// and zeros buffers (the cache does not keep them alive).
+struct Entry {
+    weight: Arc<DeviceWeight>,
+    alive: [Liveness; 3],
+}
+
+type Cache = Mutex<HashMap<[BufferKey; 4], Entry>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Reads a tensor back to the host as `E` (converting its dtype).
+fn host_vec<E: burn::tensor::Element>(data: TensorData, what: &str) -> Vec<E> {
+    data.convert::<E>()
+        .try_into_vec::<E>()
+        .unwrap_or_else(|e| panic!("any4 (Cube): reading the weight's {what} back failed: {e:?}"))
+}
+
+fn block_on<T>(f: impl Future<Output = T>) -> T {
+    any4_kernels::cubecl::future::block_on(f)
+}
+
+/// Checks the portable tensors against `w.shape` / `w.group` and the device.
+fn check_weight(w: &Any4WeightPrimitive<CubeBackend>) {
     let [rows, cols] = w.shape;
     let group = w.group.len_for(cols);
     let groups = w.group.groups_for(cols);
-    let param_dtype = w.table.dtype;
-    let device = w.codes.device.clone();
+    let device = &w.codes.device;
     for (what, t) in [
         ("table", &w.table),
         ("scales", &w.scales),
         ("zeros", &w.zeros),
     ] {
         assert!(
-            t.device == device,
+            t.device == *device,
             "any4 (Cube): {what} is on {:?} but the codes are on {device:?}",
             t.device
         );
     }
-
     let expect = |what: &str, got: [usize; 2], want: [usize; 2]| {
         assert_eq!(
             got, want,
@@ -108,44 +131,66 @@ fn prepare(w: Any4WeightPrimitive<CubeBackend>) -> KernelWeight {
         table_rows == [1, 16] || table_rows == [rows, 16],
         "any4 (Cube): table has shape {table_rows:?}, expected [1, 16] or [{rows}, 16]"
     );
+}
 
-    let codes = codes_u32(w.codes);
-    let table = if table_rows[0] == 1 && rows > 1 {
-        // Materialized below by `into_contiguous` (the expanded view has row stride 0).
-        CubeBackend::float_expand(w.table, Shape::new([rows, 16]))
-    } else {
-        w.table
+/// Builds the device layout of `w` (one read-back of its tensors).
+fn build(w: &Any4WeightPrimitive<CubeBackend>, client: &Client) -> DeviceWeight {
+    let [rows, cols] = w.shape;
+    let data = block_on(CubeBackend::int_into_data(w.codes.clone()))
+        .unwrap_or_else(|e| panic!("any4 (Cube): reading the weight's codes back: {e:?}"));
+    let codes: Vec<u32> = match w.codes.dtype {
+        // The same 32 bits either way: the kernels read bits, not values.
+        DType::I32 => host_vec::<i32>(data, "codes")
+            .into_iter()
+            .map(|v| v as u32)
+            .collect(),
+        _ => host_vec::<u32>(data, "codes"),
     };
-    let table = f32_contiguous(table, "table");
-    let scales = f32_contiguous(w.scales, "scales");
-    let zeros = f32_contiguous(w.zeros, "zeros");
-
-    let shape = WeightShape::new(rows, cols, group)
-        .unwrap_or_else(|e| panic!("any4 (Cube): invalid weight shape [{rows}, {cols}]: {e}"));
-    let weight = any4_kernels::Any4Weight::from_handles(
-        codes.handle.clone(),
-        table.handle.clone(),
-        scales.handle.clone(),
-        zeros.handle.clone(),
-        shape,
-    )
-    .unwrap_or_else(|e| panic!("any4 (Cube): weight buffers do not match [{rows}, {cols}]: {e}"));
-    KernelWeight {
-        weight,
-        client: codes.client.clone(),
-        _tensors: [codes, table, scales, zeros],
-        device,
-        param_dtype,
+    let float = |t: &CubeTensor, what: &str| -> Vec<f32> {
+        let data = block_on(CubeBackend::float_into_data(t.clone()))
+            .unwrap_or_else(|e| panic!("any4 (Cube): reading the weight's {what} back: {e:?}"));
+        host_vec::<f32>(data, what)
+    };
+    let (table, scales, zeros) = (
+        float(&w.table, "table"),
+        float(&w.scales, "scales"),
+        float(&w.zeros, "zeros"),
+    );
+    let view = QuantizedView::new(w.shape, w.group, &codes, &table, &scales, &zeros)
+        .unwrap_or_else(|e| panic!("any4 (Cube): weight [{rows}, {cols}] is inconsistent: {e}"));
+    let layout = HostLayout::from_view(&view)
+        .unwrap_or_else(|e| panic!("any4 (Cube): weight [{rows}, {cols}]: {e}"));
+    // With K a multiple of 32, contiguous u32 codes are the device codes already.
+    let shareable = cols.is_multiple_of(32)
+        && matches!(w.codes.dtype, DType::U32 | DType::I32)
+        && w.codes.is_contiguous();
+    if shareable {
+        DeviceWeight::upload_layout_with_codes(client, &layout, w.codes.handle.clone())
+            .unwrap_or_else(|e| panic!("any4 (Cube): weight [{rows}, {cols}]: {e}"))
+    } else {
+        DeviceWeight::upload_layout(client, &layout)
     }
 }
 
-/// Casts a fresh f32 result back to `dtype` when the caller's tensors were not f32.
-fn to_dtype(t: CubeTensor, dtype: DType) -> CubeTensor {
-    if dtype == DType::F32 {
-        t
-    } else {
-        CubeBackend::float_cast(t, dtype.into())
+/// The device layout of `w`, built on first use and cached (see the module docs).
+fn device_weight(w: &Any4WeightPrimitive<CubeBackend>) -> Arc<DeviceWeight> {
+    let key = [&w.codes, &w.table, &w.scales, &w.zeros].map(|t| buffer_key(&t.handle));
+    if let Some(e) = cache().lock().expect("any4 layout cache").get(&key) {
+        return e.weight.clone();
     }
+    check_weight(w);
+    let weight = Arc::new(build(w, &w.codes.client));
+    let mut cache = cache().lock().expect("any4 layout cache");
+    // Forget the layouts of weights that were freed since.
+    cache.retain(|_, e| e.alive.iter().all(|alive| alive()));
+    cache.insert(
+        key,
+        Entry {
+            weight: weight.clone(),
+            alive: [&w.table, &w.scales, &w.zeros].map(|t| liveness(&t.handle)),
+        },
+    );
+    weight
 }
 
 impl Any4Backend for CubeBackend {
@@ -156,51 +201,70 @@ impl Any4Backend for CubeBackend {
             k, cols,
             "any4 matmul (Cube): input has {k} features, the weight expects {cols}"
         );
-        let dtype = x.dtype;
         assert!(
             x.device == w.codes.device,
             "any4 matmul (Cube): input is on {:?} but the weight is on {:?}",
             x.device,
             w.codes.device
         );
+        let dtype = x.dtype;
         if m == 0 {
             return CubeBackend::float_zeros(Shape::new([0, rows]), &x.device, dtype.into());
         }
-        let kw = prepare(w);
-        let x = f32_contiguous(x, "activation");
-        let out = any4_kernels::matmul(&kw.client, &kw.weight, &x.handle, m, Strategy::Auto)
+        let weight = device_weight(&w);
+        let (x, kdtype) = match kernel_dtype(dtype) {
+            Some(d) => (into_contiguous(x), d),
+            None => (
+                into_contiguous(CubeBackend::float_cast(x, FloatDType::F32)),
+                Dtype::F32,
+            ),
+        };
+        // The weight's activation-precision choice: exact on request, else int8 for decode.
+        let strategy = match w.cpu {
+            CpuMatmul::Exact => Strategy::AutoExact,
+            CpuMatmul::Auto | CpuMatmul::Int8 => Strategy::Auto,
+        };
+        let out = any4_kernels::matmul(&x.client, &weight, &x.handle, m, kdtype, strategy)
             .unwrap_or_else(|e| {
                 panic!(
-                    "any4 matmul (Cube) x[{m}, {cols}] · W[{rows}, {cols}]ᵀ on {:?}: {e}",
-                    kw.device
+                    "any4 matmul (Cube) x[{m}, {cols}] ({dtype:?}) · W[{rows}, {cols}]ᵀ on {:?}: {e}",
+                    x.device
                 )
             });
         let y = CubeTensor::new_contiguous(
-            kw.client,
-            kw.device,
+            x.client.clone(),
+            x.device.clone(),
             Shape::new([m, rows]),
             out,
-            DType::F32,
+            kernel_dtype(dtype).map_or(DType::F32, |_| dtype),
         );
-        to_dtype(y, dtype)
+        if kernel_dtype(dtype).is_some() {
+            y
+        } else {
+            CubeBackend::float_cast(y, dtype.into())
+        }
     }
 
     fn any4_dequantize(w: Any4WeightPrimitive<Self>) -> CubeTensor {
         let [rows, cols] = w.shape;
-        let kw = prepare(w);
-        let out = any4_kernels::dequantize_f32(&kw.client, &kw.weight).unwrap_or_else(|e| {
-            panic!(
-                "any4 dequantize (Cube) W[{rows}, {cols}] on {:?}: {e}",
-                kw.device
-            )
+        let param_dtype = w.table.dtype;
+        let weight = device_weight(&w);
+        let kdtype = kernel_dtype(param_dtype).unwrap_or(Dtype::F32);
+        let (client, device) = (w.codes.client.clone(), w.codes.device.clone());
+        let out = any4_kernels::dequantize(&client, &weight, kdtype).unwrap_or_else(|e| {
+            panic!("any4 dequantize (Cube) W[{rows}, {cols}] ({param_dtype:?}) on {device:?}: {e}")
         });
         let dense = CubeTensor::new_contiguous(
-            kw.client,
-            kw.device,
+            client,
+            device,
             Shape::new([rows, cols]),
             out,
-            DType::F32,
+            kernel_dtype(param_dtype).map_or(DType::F32, |_| param_dtype),
         );
-        to_dtype(dense, kw.param_dtype)
+        if kernel_dtype(param_dtype).is_some() {
+            dense
+        } else {
+            CubeBackend::float_cast(dense, param_dtype.into())
+        }
     }
 }
