@@ -13,7 +13,9 @@
 #                 2. `bench-kernels --backend cuda` (bf16: cuBLAS bf16 and Burn's dense matmul in
 #                    the same process; M = 1, 4, 16, 64 on the six shapes);
 #                 3. the anchors: anchors.py (cuBLAS via PyTorch, tinygemm int4), probe.py.
-#   decode part:  4. `bench-decode --backend cuda` on the embedded tiny model; decode_anchor.py.
+#   decode part:  4. `bench-decode --backend cuda` on random models of SmolLM2-135M, Llama-3.2-1B and
+#                    Llama-3-8B shapes (dense bf16 vs any4, same run) and the tiny model;
+#                    decode_anchor.py (transformers, same shapes, bf16, greedy).
 # Output: $OUT/summary.md and $OUT/results.tar.xz (logs and JSON; the device tool returns at most
 # 8 files).
 set -uo pipefail
@@ -58,9 +60,15 @@ fi
 command -v python3 > /dev/null || echo "- anchors: no python3" | tee -a "$summary"
 [[ -f anchors.py ]] && step anchors 120 python3 anchors.py --batch 1,4,16,64 --json "$RES/anchors.json"
 [[ -f probe.py ]] && step probe 60 python3 probe.py --json "$RES/probe.json"
-[[ -x bin/bench-decode ]] && step bench-decode 120 bin/bench-decode --backend cuda \
+[[ -x bin/bench-decode ]] && step bench-decode-random 300 bin/bench-decode --backend cuda \
+  --random-config smollm2-135m,llama-3.2-1b --prompt 32 --tokens 128 --prefill 512 --repeats 3 \
+  --json "$RES/decode-cuda-random.json"
+[[ -x bin/bench-decode ]] && step bench-decode-8b 240 bin/bench-decode --backend cuda \
+  --random-config llama-3-8b --prompt 32 --tokens 128 --prefill 512 --repeats 3 \
+  --json "$RES/decode-cuda-8b.json"
+[[ -x bin/bench-decode ]] && step bench-decode-tiny 120 bin/bench-decode --backend cuda \
   --models models/tiny-llama --tokens 64 --repeats 5 --json "$RES/decode-cuda.json"
-[[ -f decode_anchor.py ]] && step decode-anchor 200 python3 decode_anchor.py --json "$RES/decode-anchor.json"
+[[ -f decode_anchor.py ]] && step decode-anchor 200 python3 decode_anchor.py --prompt 32 --tokens 128 --repeats 3 --json "$RES/decode-anchor.json"
 grep -h "test result" "$RES"/test-*.log >> "$summary" 2>/dev/null
 grep -h "ERROR SUMMARY" "$RES"/memcheck-*.log >> "$summary" 2>/dev/null
 [[ -f $RES/kernels-cuda-bf16.md ]] && cat "$RES/kernels-cuda-bf16.md" >> "$summary"
