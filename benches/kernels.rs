@@ -23,13 +23,14 @@
 //! a timing of a call that did not compute the product is worthless, so a mismatch beyond
 //! `MAX_REL_DIFF` fails the run before results are written.
 
+use clap::Parser;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use any4_burn::{Any4Linear, CpuMatmul};
+use any4_core::QuantizedMatrix;
 use any4_core::rng::SplitMix64;
-use any4_core::{Any4Config, Format, GroupSize, QuantizedMatrix};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 /// The GPU shapes (N × K).
@@ -58,88 +59,95 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-fn parse_list(s: &str) -> Result<Vec<usize>, String> {
-    s.split(',')
-        .map(|v| {
-            v.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("not a number: `{v}`"))
-        })
-        .collect()
+/// `any4 vs dense matmul on one backend, same run` (`cargo xtask bench kernels` passes these).
+#[derive(Parser)]
+struct Cli {
+    /// Backend: flex, cpu, wgpu or cuda.
+    #[arg(long, default_value = "flex")]
+    backend: String,
+    /// Square shapes N = K (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Shapes N×K, e.g. 16384x8192 (comma-separated). Default with neither: 1024², 4096²
+    /// (the six LLM shapes on cuda).
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
+    shapes: Vec<(usize, usize)>,
+    /// Activation rows M (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    batch: Vec<usize>,
+    /// Activation dtype: f32, f16 or bf16 (default: bf16 on cuda, f32 elsewhere).
+    #[arg(long, value_parser = ["f32", "f16", "bf16"])]
+    dtype: Option<String>,
+    /// any4 precisions: int8 (the default path) and/or exact (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "int8,exact", value_parser = ["int8", "exact"])]
+    precision: Vec<String>,
+    /// Calls chained between two device syncs.
+    #[arg(long, default_value_t = 20)]
+    calls: usize,
+    /// Timed chains per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// MB of weight copies rotated through per side (default: 512 on GPUs, 128 on CPUs).
+    #[arg(long)]
+    copies_mb: Option<usize>,
+    /// Warm-up before timing, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    warmup_ms: u64,
+    /// Write the records here (and the table next to it as .md).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// `cargo bench` passes `--bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
-/// `16384x8192,4096x11008` → `[(16384, 8192), (4096, 11008)]` (N × K).
-fn parse_shapes(s: &str) -> Result<Vec<(usize, usize)>, String> {
-    s.split(',')
-        .map(|v| {
-            let (n, k) = v
-                .split_once(['x', '×'])
-                .ok_or_else(|| format!("shape `{v}` is not N×K (e.g. 16384x8192)"))?;
-            let num = |t: &str| {
-                t.trim()
-                    .parse::<usize>()
-                    .map_err(|_| format!("not a number: `{t}`"))
-            };
-            Ok((num(n)?, num(k)?))
-        })
-        .collect()
+/// `16384x8192` → `(16384, 8192)` (N × K).
+fn parse_shape(v: &str) -> Result<(usize, usize), String> {
+    let (n, k) = v
+        .split_once(['x', '×'])
+        .ok_or_else(|| format!("shape `{v}` is not N×K (e.g. 16384x8192)"))?;
+    let num = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("not a number: `{t}`"))
+    };
+    Ok((num(n)?, num(k)?))
 }
 
 fn parse_args() -> Result<Args, String> {
-    let (mut sizes, mut shapes) = (None, None);
-    let mut copies_mb = None;
-    let mut dtype = None;
+    let c = Cli::parse();
     let mut a = Args {
-        backend: "flex".into(),
+        backend: c.backend,
         shapes: Vec::new(),
-        batches: vec![1, 4, 16, 64],
+        batches: c.batch,
         dtype: DType::F32,
-        precisions: vec![CpuMatmul::Auto, CpuMatmul::Exact],
-        calls: 20,
-        repeats: 5,
+        precisions: c
+            .precision
+            .iter()
+            .map(|p| {
+                if p == "exact" {
+                    CpuMatmul::Exact
+                } else {
+                    CpuMatmul::Auto
+                }
+            })
+            .collect(),
+        calls: c.calls,
+        repeats: c.repeats,
         copies_mb: 0,
-        warmup_ms: 100,
-        json: None,
+        warmup_ms: c.warmup_ms,
+        json: c.json,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut val = || it.next().ok_or_else(|| format!("{arg} needs a value"));
-        let num = |v: String| {
-            v.parse::<usize>()
-                .map_err(|_| format!("`{v}` is not a number"))
-        };
-        match arg.as_str() {
-            "--backend" => a.backend = val()?,
-            "--sizes" => sizes = Some(parse_list(&val()?)?),
-            "--shapes" => shapes = Some(parse_shapes(&val()?)?),
-            "--batch" => a.batches = parse_list(&val()?)?,
-            "--calls" => a.calls = num(val()?)?,
-            "--repeats" => a.repeats = num(val()?)?,
-            "--copies-mb" => copies_mb = Some(num(val()?)?),
-            "--warmup-ms" => a.warmup_ms = num(val()?)? as u64,
-            "--json" => a.json = Some(val()?.into()),
-            "--dtype" => {
-                dtype = Some(match val()?.as_str() {
-                    "f32" => DType::F32,
-                    "f16" => DType::F16,
-                    "bf16" => DType::BF16,
-                    other => return Err(format!("--dtype `{other}`: f32, f16 or bf16")),
-                })
-            }
-            "--precision" => {
-                a.precisions = val()?
-                    .split(',')
-                    .map(|p| match p.trim() {
-                        "int8" => Ok(CpuMatmul::Auto),
-                        "exact" => Ok(CpuMatmul::Exact),
-                        other => Err(format!("--precision `{other}`: int8 or exact")),
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            "--bench" => {} // passed by `cargo bench`
-            other => return Err(format!("unknown argument `{other}`")),
-        }
-    }
+    let dtype = c.dtype.map(|d| match d.as_str() {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    });
+    let copies_mb = c.copies_mb;
+    let (sizes, shapes) = (
+        (!c.sizes.is_empty()).then_some(c.sizes),
+        (!c.shapes.is_empty()).then_some(c.shapes),
+    );
     let gpu = matches!(a.backend.as_str(), "cuda" | "wgpu");
     a.dtype = dtype.unwrap_or(if a.backend == "cuda" {
         DType::BF16
@@ -180,32 +188,6 @@ fn dtype_name(d: DType) -> &'static str {
         DType::BF16 => "bf16",
         _ => "f32",
     }
-}
-
-/// Random weights in the any4 layout: codes, a 16-entry ascending table per row, group params.
-fn random_any4(n: usize, k: usize, seed: u64) -> QuantizedMatrix {
-    let mut r = SplitMix64::new(seed);
-    let cfg = Any4Config::new(Format::Any4).with_group_size(GroupSize::G128);
-    let groups = cfg.group_size().groups_for(k);
-    let codes = (0..n * k.div_ceil(8))
-        .map(|_| r.next_u64() as u32)
-        .collect();
-    let table = (0..n)
-        .flat_map(|_| {
-            let mut t: Vec<f32> = (0..16)
-                .map(|_| half::f16::from_f64(r.next_f64() * 15.0).to_f32())
-                .collect();
-            t.sort_by(f32::total_cmp);
-            t
-        })
-        .collect();
-    let scales = (0..n * groups)
-        .map(|_| 1e-3 + r.next_f64() as f32 * 1e-3)
-        .collect();
-    let zeros = (0..n * groups)
-        .map(|_| -0.01 * r.next_f64() as f32)
-        .collect();
-    QuantizedMatrix::from_parts(cfg, [n, k], codes, table, scales, zeros).expect("consistent parts")
 }
 
 /// Wait for everything queued before `y`: reduce it on the device and read that one value.
@@ -356,7 +338,7 @@ fn kernel_path(args: &Args, m: usize, precision: CpuMatmul) -> &'static str {
         "cuda" => CubeDevice::cuda(0),
         "wgpu" => CubeDevice::wgpu(Default::default()),
         "cpu" => CubeDevice::cpu(),
-        _ if m > any4_kernels::GEMV_MAX_M => return "flex-gemm",
+        _ if m > any4_core::DECODE_MAX_M => return "flex-gemm",
         _ if exact => return "flex-exact",
         _ => return "flex-int8",
     };
@@ -388,7 +370,7 @@ fn main() {
     let dev = any4_burn::device_from_name(&args.backend).unwrap_or_else(|e| fail(e.to_string()));
     let mut records = Vec::new();
     for &(n, k) in &args.shapes {
-        let q = random_any4(n, k, (n * 31 + k) as u64);
+        let q = QuantizedMatrix::random(n, k, (n * 31 + k) as u64);
         let w = q.dequantize();
         let any4_bytes = n * k / 2 + n * k.div_ceil(128) * 4;
         let copies = (args.copies_mb << 20).div_ceil(n * k / 2).max(1);

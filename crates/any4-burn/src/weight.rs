@@ -26,13 +26,10 @@ pub enum CpuMatmul {
 }
 
 impl CpuMatmul {
-    /// Largest batch that takes the int8 decode path under `Auto`.
-    pub const DECODE_MAX_M: usize = 8;
-
     /// Whether a batch of `m` rows takes the panel GEMM: the weight is reused `m` times, so
     /// its dequantization vanishes next to the multiply-adds.
     pub fn panels(self, m: usize) -> bool {
-        self == CpuMatmul::Auto && m > Self::DECODE_MAX_M
+        self == CpuMatmul::Auto && m > any4_core::DECODE_MAX_M
     }
 
     /// The any4-core precision for a batch of `m` rows.
@@ -41,7 +38,7 @@ impl CpuMatmul {
         match self {
             CpuMatmul::Exact => Exact,
             CpuMatmul::Int8 => Int8Activations,
-            CpuMatmul::Auto if m <= Self::DECODE_MAX_M => Int8Activations,
+            CpuMatmul::Auto if m <= any4_core::DECODE_MAX_M => Int8Activations,
             CpuMatmul::Auto => Exact,
         }
     }

@@ -44,7 +44,7 @@ pub use error::{Error, Result};
 pub use gptq::{GptqConfig, GroupParams, HessianFactor, TableWeights, quantize_gptq};
 pub use gram::{Gram, OutputError};
 pub use int8::{INT8_TABLE_WORDS, Int8Kernel, Int8Table, MatmulPrecision, int8_table, int8_tables};
-pub use matmul::dense_matmul;
+pub use matmul::{DECODE_MAX_M, dense_matmul};
 pub use method::Method;
 pub use quantize::{QuantizedMatrix, Reconstruction, TABLE_LEN, quantize_matrix};
 pub use view::QuantizedView;

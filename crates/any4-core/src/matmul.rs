@@ -14,6 +14,11 @@ use crate::int8::{Int8Kernel, MatmulPrecision};
 use crate::simd::Isa;
 use crate::view::QuantizedView;
 
+/// Largest batch `M` that takes the decode kernels (CPU int8 path, GPU GEMV): up to here a
+/// matmul is memory-bound, each weight read once for every row; above it the weight is reused
+/// enough that compute-bound GEMMs win.
+pub const DECODE_MAX_M: usize = 8;
+
 /// Rows per rayon task: large enough to amortise scheduling, small enough to balance 2–64 cores.
 const ROWS_PER_TASK: usize = 16;
 /// Below this many multiply-adds a call runs on the calling thread: waking the pool costs more

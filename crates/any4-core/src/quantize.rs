@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::config::{Any4Config, Format, ParamDtype};
+use crate::config::{Any4Config, Format, GroupSize, ParamDtype};
 use crate::error::{Error, Result};
 use crate::kmeans;
 use crate::levels::{self, Domain};
@@ -247,6 +247,35 @@ pub(crate) fn group_params(chunk: &[f32], domain: Domain, dtype: ParamDtype) -> 
 }
 
 impl QuantizedMatrix {
+    /// A random any4 weight `[n, k]` at group 128 (random codes, an ascending f16-exact table
+    /// per row, small scales and zeros): for benchmarks, whose speed does not depend on the
+    /// values. The same `seed` gives the same matrix.
+    pub fn random(n: usize, k: usize, seed: u64) -> Self {
+        let mut r = crate::rng::SplitMix64::new(seed);
+        let cfg = Any4Config::new(Format::Any4).with_group_size(GroupSize::G128);
+        let groups = cfg.group_size().groups_for(k);
+        let codes = (0..n * k.div_ceil(8))
+            .map(|_| r.next_u64() as u32)
+            .collect();
+        let table = (0..n)
+            .flat_map(|_| {
+                let mut t: Vec<f32> = (0..16)
+                    .map(|_| half::f16::from_f64(r.next_f64() * 15.0).to_f32())
+                    .collect();
+                t.sort_by(f32::total_cmp);
+                t
+            })
+            .collect();
+        let scales = (0..n * groups)
+            .map(|_| 1e-3 + r.next_f64() as f32 * 1e-3)
+            .collect();
+        let zeros = (0..n * groups)
+            .map(|_| -0.01 * r.next_f64() as f32)
+            .collect();
+        Self::from_parts(cfg, [n, k], codes, table, scales, zeros)
+            .expect("random parts are consistent by construction")
+    }
+
     /// Assemble a matrix from stored parts (e.g. a checkpoint), checking every length, that the
     /// parameters are finite and that each code is within the format's table.
     pub fn from_parts(

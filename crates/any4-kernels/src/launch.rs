@@ -17,21 +17,20 @@ use crate::gemv_int8::gemv_int8_kernel;
 use crate::layout::DeviceWeight;
 use crate::plan::{self, Dtype, Plan, PlanKind};
 
-/// Largest batch the GEMV kernels handle (per-row accumulators in registers).
-pub const GEMV_MAX_M: usize = 8;
+use any4_core::DECODE_MAX_M;
 
 /// Which kernels a matmul runs. `Auto` is the default; `Fallback` is valid everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strategy {
-    /// Int8 GEMV for `M <= GEMV_MAX_M` (the decode path), else the tensor-core GEMM where the
+    /// Int8 GEMV for `M <= any4_core::DECODE_MAX_M` (the decode path), else the tensor-core GEMM where the
     /// device has it, else the SIMT GEMM.
     #[default]
     Auto,
     /// As `Auto`, with the exact GEMV (activations not rounded) for small batches.
     AutoExact,
-    /// Int8 GEMV (activations quantized per block of 32); errors for `M > GEMV_MAX_M`.
+    /// Int8 GEMV (activations quantized per block of 32); errors for `M > any4_core::DECODE_MAX_M`.
     GemvInt8,
-    /// Exact GEMV (activations read as they are); errors for `M > GEMV_MAX_M`.
+    /// Exact GEMV (activations read as they are); errors for `M > any4_core::DECODE_MAX_M`.
     GemvExact,
     /// Tensor-core (cmma) GEMM; errors where the device has no matching cmma.
     TensorCore,
@@ -79,13 +78,16 @@ pub fn resolve(client: &Client, strategy: Strategy, m: usize, dtype: Dtype) -> R
             Path::Simt
         }
     };
-    let small = m <= GEMV_MAX_M;
+    let small = m <= DECODE_MAX_M;
     let path = match strategy {
         Strategy::Auto if small => Path::GemvInt8,
         Strategy::AutoExact if small => Path::GemvExact,
         Strategy::Auto | Strategy::AutoExact => gemm(),
         Strategy::GemvInt8 | Strategy::GemvExact if !small => {
-            return Err(Error::GemvBatchTooLarge { m, max: GEMV_MAX_M });
+            return Err(Error::GemvBatchTooLarge {
+                m,
+                max: DECODE_MAX_M,
+            });
         }
         Strategy::GemvInt8 => Path::GemvInt8,
         Strategy::GemvExact => Path::GemvExact,

@@ -42,8 +42,8 @@ pub mod cuda_source;
 
 pub use error::{Error, Result};
 pub use launch::{
-    GEMV_MAX_M, Path, Strategy, dense_matmul_into, dequantize, matmul, matmul_int8_portable_into,
-    matmul_into, resolve,
+    Path, Strategy, dense_matmul_into, dequantize, matmul, matmul_int8_portable_into, matmul_into,
+    resolve,
 };
 pub use layout::{DeviceWeight, HostLayout, WeightShape, int8_table};
 pub use plan::Dtype;

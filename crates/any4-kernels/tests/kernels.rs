@@ -273,7 +273,7 @@ fn dtypes(client: &Client) -> Vec<Dtype> {
 /// resolve to one of these; `errors` checks the resolution).
 fn strategies(client: &Client, m: usize, dtype: Dtype) -> Vec<Strategy> {
     let mut s = vec![Strategy::Simt, Strategy::Fallback];
-    if m <= any4_kernels::GEMV_MAX_M {
+    if m <= any4_core::DECODE_MAX_M {
         s.extend([Strategy::GemvInt8, Strategy::GemvExact]);
     }
     if any4_kernels::resolve(client, Strategy::TensorCore, m, dtype).is_ok() {

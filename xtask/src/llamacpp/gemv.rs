@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use any4_core::rng::SplitMix64;
-use any4_core::{Any4Config, Format, GroupSize, MatmulPrecision, QuantizedMatrix};
+use any4_core::{MatmulPrecision, QuantizedMatrix};
 use serde_json::Value;
 
 use super::{
@@ -186,31 +186,6 @@ fn parse_test_backend_ops(out: &str, types: &[&str]) -> Result<Vec<Gemv>> {
     Ok(found)
 }
 
-/// Random weights in the any4 layout (kernel speed does not depend on the values): codes, an
-/// ascending 16-entry table per row, per-group scales and zeros at group 128.
-fn random_any4(n: usize, k: usize, seed: u64) -> Result<QuantizedMatrix> {
-    let mut r = SplitMix64::new(seed);
-    let cfg = Any4Config::new(Format::Any4).with_group_size(GroupSize::G128);
-    let groups = cfg.group_size().groups_for(k);
-    let codes = (0..n * k.div_ceil(8))
-        .map(|_| r.next_u64() as u32)
-        .collect();
-    let table = (0..n)
-        .flat_map(|_| {
-            let mut t: Vec<f32> = (0..16).map(|_| (r.next_f64() * 15.0) as f32).collect();
-            t.sort_by(f32::total_cmp);
-            t
-        })
-        .collect();
-    let scales = (0..n * groups)
-        .map(|_| 1e-3 + r.next_f64() as f32 * 1e-3)
-        .collect();
-    let zeros = (0..n * groups)
-        .map(|_| -0.01 * r.next_f64() as f32)
-        .collect();
-    QuantizedMatrix::from_parts(cfg, [n, k], codes, table, scales, zeros).map_err(|e| e.to_string())
-}
-
 /// Median µs of `f` over at least 20 calls and half a second, after 3 warm-up calls.
 fn time_us(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     for _ in 0..3 {
@@ -236,7 +211,7 @@ fn core_gemv(threads: usize) -> Result<Vec<Gemv>> {
     pool.install(|| {
         let mut out = Vec::new();
         for (n, k) in SHAPES {
-            let q = random_any4(n, k, (n * 31 + k) as u64)?;
+            let q = QuantizedMatrix::random(n, k, (n * 31 + k) as u64);
             let mut r = SplitMix64::new(7);
             let x: Vec<f32> = (0..k).map(|_| r.next_gaussian() as f32).collect();
             for (ty, precision) in [
