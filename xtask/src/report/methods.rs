@@ -2,7 +2,8 @@
 //! scales) and what the model is calibrated on, measured at group 128 against the paper's
 //! round-to-nearest rows of the main tables.
 
-use super::{Record, Result, Setting, fmt_opt, fmt_ppl};
+use super::render::{fmt_opt, fmt_ppl};
+use super::{Record, Result, Setting};
 
 /// Calibration text of the method rows: Shakespeare and the PTB *training* split, an equal share
 /// of tokens each, as 2048-token windows spread over each file (`any4 quantize --calib-file`).
