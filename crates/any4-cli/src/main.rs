@@ -31,9 +31,6 @@ use any4_llm::{
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-mod import;
-mod stream;
-
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// stdout was closed by its reader: stop without an error message.
@@ -61,6 +58,11 @@ fn emit(line: std::fmt::Arguments<'_>) -> AnyResult<()> {
 macro_rules! outln {
     ($($arg:tt)*) => { emit(format_args!($($arg)*))? };
 }
+
+// After `outln!`, which they use (macros are in scope from their definition on).
+mod import;
+mod inspect;
+mod stream;
 
 /// A line on stderr; a closed stderr is ignored (`eprintln!` would panic).
 fn note(line: std::fmt::Arguments<'_>) {
@@ -127,7 +129,7 @@ enum Cmd {
     /// Quantize a model (HF folder or GGUF file) and save an any4 checkpoint folder.
     Quantize(QuantizeArgs),
     /// Show the layers, formats, shapes and sizes of an any4 checkpoint.
-    Inspect(InspectArgs),
+    Inspect(inspect::InspectArgs),
     /// Turn every quantized layer of a checkpoint back into a dense f32 one (a folder that
     /// `eval`, `generate` and `quantize` read as a dense model).
     Dequantize(DequantizeArgs),
@@ -243,15 +245,6 @@ struct QuantizeArgs {
     #[arg(long)]
     skip: Vec<String>,
     /// Print a one-line JSON summary (format, bits/weight, errors, pass seconds) on stdout.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct InspectArgs {
-    /// any4 checkpoint folder or its `model.safetensors`.
-    path: PathBuf,
-    /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -470,7 +463,7 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
         "calib_windows": windows.len(), "calib_files": a.calib_file, "method": a.method,
         "act_scale": a.act_scale, "norms_folded": folded,
         "output_rel_err": report.output_rel_err(), "quant_seconds": quant_seconds});
-    let bits = checkpoint_bits(&qc);
+    let bits = inspect::checkpoint_bits(&qc);
     print_quantized(
         &a,
         &report,
@@ -522,112 +515,6 @@ fn print_quantized(
         if streamed { ", streamed" } else { "" },
         saved_layers,
         a.output.out.display()
-    );
-    Ok(())
-}
-
-/// Stored bits per weight of a checkpoint layer: what its configuration stores, plus an f32
-/// input multiplier (`K` values over `N·K` weights) when the layer has one.
-fn layer_bits(l: &LayerInfo) -> f64 {
-    let input = if l.input_scale {
-        32.0 / l.shape[0] as f64
-    } else {
-        0.0
-    };
-    l.config.bits_per_weight(l.shape) + input
-}
-
-/// Weight-averaged [`layer_bits`] of the quantized layers of a checkpoint.
-fn checkpoint_bits(meta: &CheckpointMeta) -> f64 {
-    let (mut weights, mut bits) = (0.0f64, 0.0f64);
-    for l in meta.layers.values() {
-        let w = (l.shape[0] * l.shape[1]) as f64;
-        weights += w;
-        bits += layer_bits(l) * w;
-    }
-    bits / weights.max(1.0)
-}
-
-fn cmd_inspect(a: InspectArgs) -> AnyResult<()> {
-    let file = if a.path.is_dir() {
-        a.path.join("model.safetensors")
-    } else {
-        a.path.clone()
-    };
-    if any4_llm::is_gguf(&file) {
-        return Err(format!(
-            "{}: a GGUF model, not an any4 checkpoint: `inspect` reads what `any4 quantize` writes \
-             (quantize it with `any4 quantize --model {} --out DIR`, then inspect DIR)",
-            file.display(),
-            file.display()
-        )
-        .into());
-    }
-    let ckpt = Checkpoint::open(&file)?;
-    let cfg = ckpt.config();
-    // Per layer: stored bytes (codes, table, scales, zeros, bias) and bits per weight (codes and
-    // quantization parameters, as `any4_core::Any4Config::bits_per_weight` counts them).
-    let mut layers = Vec::with_capacity(cfg.layers.len());
-    let (mut weights, mut bits, mut bytes) = (0usize, 0.0f64, 0usize);
-    for (path, l) in &cfg.layers {
-        let [n, k] = l.shape;
-        let bpw = layer_bits(l);
-        let layer_bytes = ckpt.layer_bytes(path)?;
-        weights += n * k;
-        bits += bpw * (n * k) as f64;
-        bytes += layer_bytes;
-        layers.push((path, l, layer_bytes, bpw));
-    }
-    let bits_per_weight = bits / weights.max(1) as f64;
-    if a.json {
-        // The stored `quantization_config`, each layer with its bytes and bits per weight, plus
-        // totals.
-        let mut json = serde_json::to_value(cfg)?;
-        for (path, _, layer_bytes, bpw) in &layers {
-            if let Some(layer) = json["layers"][path.as_str()].as_object_mut() {
-                layer.insert("bytes".into(), (*layer_bytes).into());
-                layer.insert("bits_per_weight".into(), (*bpw).into());
-            }
-        }
-        if let Some(top) = json.as_object_mut() {
-            top.insert("file_bytes".into(), ckpt.file_bytes().into());
-            top.insert("quantized_bytes".into(), bytes.into());
-            top.insert("quantized_weights".into(), weights.into());
-            top.insert("bits_per_weight".into(), bits_per_weight.into());
-        }
-        outln!("{}", serde_json::to_string_pretty(&json)?);
-        return Ok(());
-    }
-    outln!(
-        "{} ({:.2} MB, {}, schema {})",
-        file.display(),
-        ckpt.file_bytes() as f64 / 1e6,
-        cfg.tool_version,
-        cfg.schema_version
-    );
-    outln!("| layer | shape | format | group | scaling | table | bytes | bits/weight |");
-    outln!("|---|---|---|---|---|---|---:|---:|");
-    for (path, l, layer_bytes, bpw) in &layers {
-        let [n, k] = l.shape;
-        outln!(
-            "| {path} | {n}×{k} | {} | {} | {:?} | {} | {layer_bytes} | {bpw:.3} |",
-            l.config.format(),
-            l.config.group_size(),
-            l.config.scaling(),
-            l.table
-        );
-    }
-    outln!(
-        "{} quantized layers, {:.2} M weights in {:.2} MB at {:.3} bits/weight; dense: {}",
-        cfg.layers.len(),
-        weights as f64 / 1e6,
-        bytes as f64 / 1e6,
-        bits_per_weight,
-        if cfg.modules_not_quantized.is_empty() {
-            "-".to_string()
-        } else {
-            cfg.modules_not_quantized.join(", ")
-        }
     );
     Ok(())
 }
@@ -774,7 +661,7 @@ fn run(cli: Cli) -> AnyResult<()> {
     let device = cli.backend.device()?;
     match cli.cmd {
         Cmd::Quantize(a) => cmd_quantize(a, &device),
-        Cmd::Inspect(a) => cmd_inspect(a),
+        Cmd::Inspect(a) => inspect::cmd_inspect(a),
         Cmd::Import(a) => import::cmd_import(a),
         Cmd::Dequantize(a) => cmd_dequantize(a, &device),
         Cmd::Generate(a) => cmd_generate(a, &device),
