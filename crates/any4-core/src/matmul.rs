@@ -137,7 +137,7 @@ impl Out {
 impl QuantizedView<'_> {
     /// `y = x · Wᵀ` for batches (prefill, perplexity, batched decode above ~8 rows): each task
     /// dequantizes a panel of up to `PANEL_ROWS × PANEL_K` of `W` into a cache-resident f32
-    /// buffer and multiplies it with a register-blocked micro-kernel ([`crate::panel`]: our
+    /// buffer and multiplies it with a register-blocked micro-kernel (`panel.rs`: our
     /// AVX-512 one, elsewhere the `gemm` crate's, as Flex's dense matmul uses), accumulating over
     /// K straight into its columns of `y`. Reads 4-bit weights once per call and never writes the
     /// dense matrix out, where the lookup path re-reads every activation row per weight row and

@@ -57,7 +57,7 @@ pub enum Error {
         /// Bytes the handle holds.
         actual_bytes: u64,
     },
-    /// [`crate::Strategy::Gemv`] was asked for a batch above `any4_core::DECODE_MAX_M`.
+    /// [`crate::Strategy::GemvInt8`] or [`crate::Strategy::GemvExact`] was asked for a batch above `any4_core::DECODE_MAX_M`.
     #[error("GEMV supports M <= {max}, got M = {m}")]
     GemvBatchTooLarge {
         /// Requested batch.

@@ -74,7 +74,7 @@ fn exact_vector<F: Float, XV: Size>(
     }
 }
 
-/// See the module docs. Launch like [`gemv_int8_kernel`](crate::gemv_int8::gemv_int8_kernel);
+/// See the module docs. Launch like [`gemv_int8_kernel`](crate::gemv_int8::gemv_int8_kernel());
 /// `x` holds `M · K / XV` vectors (`xrow = K / XV` per row).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]

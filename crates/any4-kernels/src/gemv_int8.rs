@@ -4,7 +4,7 @@
 //! Layout on the device: a row is `lanes` units (a warp on CUDA); lane `l` reads code vectors
 //! `l, l + lanes, …` (16 bytes each, so one warp load is 512 contiguous bytes), `unroll` (2 or
 //! 4) per iteration so that many loads are in flight before any arithmetic. Per 16-byte vector (32 weights,
-//! one activation block, inside one group): 8 [`lookup8`] halves give the weights' int8 table
+//! one activation block, inside one group): 8 [`lookup8()`] halves give the weights' int8 table
 //! entries, 8 `dp4a` per batch row multiply them with the block's int8 activations, and the block
 //! sum is scaled once: `a1 += ŝ · d_b · dot`, `a2 += ŝ · Σx_b`, `a3 += ẑ · Σx_b`; the row factors
 //! `(T8·2^es, mid·2^es, 2^ez)` combine the three at the end, then the lanes are reduced.
@@ -84,7 +84,7 @@ fn int8_vector(
 
 /// See the module docs. Launch `ceil(N / rows_per_cube)` cubes (linear, see
 /// `launch::linear_cube_count`) of `CubeDim::new_2d(lanes, rows_per_cube)`; `xq`/`xd` from
-/// [`quantize_activations_kernel`](crate::activation::quantize_activations_kernel).
+/// [`quantize_activations_kernel`](crate::activation::quantize_activations_kernel()).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn gemv_int8_kernel<F: Float>(

@@ -13,7 +13,7 @@
 //! That is 13 integer instructions per 8 weights (6 permutes, 2 logic, 3 shifts, 2 `dp4a` of
 //! the caller).
 //! On CUDA the whole lookup is one inline-PTX block (`prmt.b32` is one instruction); elsewhere
-//! [`byte_perm`] computes the same bytes with shifts and selects (the selectors never set a
+//! [`byte_perm()`] computes the same bytes with shifts and selects (the selectors never set a
 //! nibble's bit 3, the one bit where PTX's permute differs from a plain byte select), so both
 //! give bit-identical words — the kernel tests compare them on CUDA.
 
