@@ -1097,8 +1097,10 @@ fn fused_any4_ops_are_one_custom_op_each() {
         (kind.to_string(), v(inputs), v(outputs))
     };
     let (x, codes, table, groups) = ([m, cols], [rows, cols / 8], [rows, 16], [rows, 3]);
-    let weight: [&[usize]; 4] = [&codes, &table, &groups, &groups];
-    let matmul_inputs = [&x, &codes, &table, &groups, &groups].map(|t| t.as_slice());
+    // The int8 tables (`table_i8`, INT8_TABLE_WORDS u32 per row) travel with the weight.
+    let table_i8 = [rows, any4_core::INT8_TABLE_WORDS];
+    let weight: [&[usize]; 5] = [&codes, &table, &groups, &groups, &table_i8];
+    let matmul_inputs = [&x, &codes, &table, &groups, &groups, &table_i8].map(|t| t.as_slice());
     assert_eq!(
         registered,
         vec![
@@ -1106,7 +1108,7 @@ fn fused_any4_ops_are_one_custom_op_each() {
             op("any4_matmul", &matmul_inputs, &[&[m, rows]]),
             op("any4_dequantize", &weight, &[&[rows, cols]]),
         ],
-        "one custom op per any4 call (x and the weight's 4 tensors in, one tensor out), and \
+        "one custom op per any4 call (x and the weight's 5 tensors in, one tensor out), and \
          nothing else reads the activation or the codes"
     );
     assert_eq!(
