@@ -94,6 +94,8 @@ pub(super) fn run(o: &Opts, threads: usize, bin: &Path, cx: &mut Context) -> Res
             &shapes_arg(),
             "--batch",
             "1",
+            "--precision",
+            "int8",
             "--json",
         ];
         cx.command(format!(
@@ -115,12 +117,21 @@ pub(super) fn run(o: &Opts, threads: usize, bin: &Path, cx: &mut Context) -> Res
         )?;
         let rows: Vec<Value> = serde_json::from_str(&read(&flex_json)?)
             .map_err(|e| format!("{}: {e}", flex_json.display()))?;
-        for r in rows.iter().filter(|r| r["m"] == 1) {
+        // The default (int8) path; the bench also times the exact one against the same baseline.
+        for r in rows
+            .iter()
+            .filter(|r| r["m"] == 1 && r["precision"] == "int8")
+        {
             let (Some(n), Some(k)) = (r["n"].as_u64(), r["k"].as_u64()) else {
                 return Err(format!("kernels bench: record without n/k: {r}"));
             };
-            let dram = r["weights_from_memory"].as_bool();
-            for (ty, key) in [("any4", "any4_us"), ("dense-f32", "dense_us")] {
+            // Weights rotated through `copies_mb` MB per side: from DRAM when that is well over
+            // the last-level cache.
+            let dram = r["copies_mb"]
+                .as_f64()
+                .zip(super::l3_bytes())
+                .map(|(mb, l3)| mb * 1e6 > 2.0 * l3 as f64);
+            for (ty, key) in [("any4", "any4_us"), ("dense-f32", "baseline_us")] {
                 let us = r[key]
                     .as_f64()
                     .ok_or(format!("kernels bench: no `{key}` in {r}"))?;
