@@ -1004,9 +1004,11 @@ fn fused_any4_ops_are_one_custom_op_each() {
 
     /// Every registered op that reads a watched tensor: its kind (a custom op's id), its input
     /// and output shapes; and the number of ops in each block that runs one of our custom ops.
+    /// An op as recorded: kind, input shapes, output shapes.
+    type Recorded = (String, Vec<Vec<usize>>, Vec<Vec<usize>>);
     struct Seen {
         watched: [Vec<usize>; 2],
-        registered: Mutex<Vec<(String, Vec<Vec<usize>>, Vec<Vec<usize>>)>>,
+        registered: Mutex<Vec<Recorded>>,
         blocks: Mutex<Vec<usize>>,
     }
     impl Seen {
