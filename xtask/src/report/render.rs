@@ -233,6 +233,12 @@ const ANALYSIS: &str = "
 ";
 
 const RESULTS_FOOTER: &str = "
+## The int8 decode path
+
+The int8 activation path (decode batches on CPUs; the GPU int8 GEMV has the same numerics) costs
++0.41% (PTB) and +0.53% (Botchan) perplexity on SmolLM2-135M any4 g128 when forced onto every
+matmul; evaluation and prefill use the exact path by default (bench/results/int8-vs-exact-smollm2.md).
+
 ## Reproduce
 
 ```sh
