@@ -116,11 +116,23 @@ fn parse_shape(v: &str) -> Result<(usize, usize), String> {
 
 fn parse_args() -> Result<Args, String> {
     let c = Cli::parse();
-    let mut a = Args {
-        backend: c.backend,
-        shapes: Vec::new(),
+    let gpu = matches!(c.backend.as_str(), "cuda" | "wgpu");
+    let dtype = match c.dtype.as_deref() {
+        Some("f16") => DType::F16,
+        Some("bf16") => DType::BF16,
+        Some(_) => DType::F32,
+        None if c.backend == "cuda" => DType::BF16,
+        None => DType::F32,
+    };
+    let shapes: Vec<(usize, usize)> = match (c.sizes.is_empty(), c.shapes.is_empty()) {
+        (true, true) if c.backend == "cuda" => GPU_SHAPES.to_vec(),
+        (true, true) => vec![(1024, 1024), (4096, 4096)],
+        _ => c.sizes.iter().map(|&s| (s, s)).chain(c.shapes).collect(),
+    };
+    let a = Args {
+        shapes,
         batches: c.batch,
-        dtype: DType::F32,
+        dtype,
         precisions: c
             .precision
             .iter()
@@ -134,36 +146,10 @@ fn parse_args() -> Result<Args, String> {
             .collect(),
         calls: c.calls,
         repeats: c.repeats,
-        copies_mb: 0,
+        copies_mb: c.copies_mb.unwrap_or(if gpu { 512 } else { 128 }),
         warmup_ms: c.warmup_ms,
         json: c.json,
-    };
-    let dtype = c.dtype.map(|d| match d.as_str() {
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        _ => DType::F32,
-    });
-    let copies_mb = c.copies_mb;
-    let (sizes, shapes) = (
-        (!c.sizes.is_empty()).then_some(c.sizes),
-        (!c.shapes.is_empty()).then_some(c.shapes),
-    );
-    let gpu = matches!(a.backend.as_str(), "cuda" | "wgpu");
-    a.dtype = dtype.unwrap_or(if a.backend == "cuda" {
-        DType::BF16
-    } else {
-        DType::F32
-    });
-    a.copies_mb = copies_mb.unwrap_or(if gpu { 512 } else { 128 });
-    a.shapes = match (sizes, shapes) {
-        (None, None) if a.backend == "cuda" => GPU_SHAPES.to_vec(),
-        (None, None) => vec![(1024, 1024), (4096, 4096)],
-        (sizes, shapes) => sizes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| (s, s))
-            .chain(shapes.unwrap_or_default())
-            .collect(),
+        backend: c.backend,
     };
     if let Some(&(n, k)) = a
         .shapes
