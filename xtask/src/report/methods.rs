@@ -9,33 +9,72 @@ use super::{Record, Result, Setting};
 /// of tokens each, as 2048-token windows spread over each file (`any4 quantize --calib-file`).
 const MIX_FILES: [&str; 2] = [".cache/data/shakespeare.txt", ".cache/data/ptb.train.txt"];
 
-/// `(format, method, calibration)` of the measured rows, in run (priority) and table order.
-const ROWS: &[(&str, Option<&str>, Option<&str>)] = &[
-    ("any4", None, Some("mix16k")),
-    ("any4", Some("gptq"), Some("mix16k")),
-    ("any4", Some("act-scale"), Some("mix16k")),
-    ("any4", Some("gptq+act-scale"), Some("mix16k")),
-    ("nf4", Some("gptq"), Some("mix16k")),
-    ("int4", Some("gptq"), Some("mix16k")),
-    ("fp4", Some("gptq"), Some("mix16k")),
+/// `(format, k-means, calibration, method, calibration text)` of the measured rows, in run
+/// (priority) and table order. k-means is `lloyd` (k-means++) or `exact` (the DP) for any4.
+type Row = (
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+const LLOYD: Option<&str> = Some("lloyd");
+const ROWS: &[Row] = &[
+    ("any4", LLOYD, "one-shot", None, Some("mix16k")),
+    ("any4", LLOYD, "one-shot", Some("gptq"), Some("mix16k")),
+    ("any4", LLOYD, "one-shot", Some("act-scale"), Some("mix16k")),
+    (
+        "any4",
+        LLOYD,
+        "one-shot",
+        Some("gptq+act-scale"),
+        Some("mix16k"),
+    ),
+    ("nf4", None, "one-shot", Some("gptq"), Some("mix16k")),
+    ("int4", None, "one-shot", Some("gptq"), Some("mix16k")),
+    ("fp4", None, "one-shot", Some("gptq"), Some("mix16k")),
     // Calibration size.
-    ("any4", Some("gptq"), None),
-    ("any4", Some("gptq"), Some("mix4k")),
-    ("any4", Some("gptq"), Some("mix32k")),
-    ("nf4", Some("act-scale"), Some("mix16k")),
-    ("int4", Some("act-scale"), Some("mix16k")),
-    ("fp4", Some("act-scale"), Some("mix16k")),
+    ("any4", LLOYD, "one-shot", Some("gptq"), None),
+    ("any4", LLOYD, "one-shot", Some("gptq"), Some("mix4k")),
+    ("any4", LLOYD, "one-shot", Some("gptq"), Some("mix32k")),
+    // Combinations at the cheap calibration size.
+    (
+        "any4",
+        LLOYD,
+        "one-shot",
+        Some("gptq+act-scale"),
+        Some("mix4k"),
+    ),
+    (
+        "any4",
+        Some("exact"),
+        "one-shot",
+        Some("gptq"),
+        Some("mix4k"),
+    ),
+    ("any4", LLOYD, "sequential", Some("gptq"), Some("mix4k")),
+    (
+        "any4",
+        Some("exact"),
+        "sequential",
+        Some("gptq+act-scale"),
+        Some("mix4k"),
+    ),
+    ("nf4", None, "one-shot", Some("act-scale"), Some("mix16k")),
+    ("int4", None, "one-shot", Some("act-scale"), Some("mix16k")),
+    ("fp4", None, "one-shot", Some("act-scale"), Some("mix16k")),
 ];
 
-/// The method settings (k-means++ tables for any4, one-shot calibration).
+/// The method settings.
 pub(super) fn settings() -> Vec<Setting> {
     ROWS.iter()
-        .map(|&(f, m, c)| Setting {
+        .map(|&(f, k, c, m, t)| Setting {
             format: f.into(),
-            kmeans: (f == "any4").then(|| "lloyd".into()),
-            calibration: Some("one-shot".into()),
+            kmeans: k.map(Into::into),
+            calibration: Some(c.into()),
             method: m.map(Into::into),
-            calib: c.map(Into::into),
+            calib: t.map(Into::into),
         })
         .collect()
 }
