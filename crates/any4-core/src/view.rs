@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use crate::config::GroupSize;
 use crate::error::{Error, Result};
-use crate::int8::{INT8_TABLE_WORDS, Int8Table};
+use crate::int8::{BLOCK, INT8_TABLE_WORDS, Weights};
 use crate::pack::words_per_row;
 use crate::quantize::TABLE_LEN;
 use crate::simd::Isa;
@@ -92,18 +92,32 @@ impl<'a> QuantizedView<'a> {
         Ok(self)
     }
 
-    /// The precomputed int8 table of `row`, if the view has them.
-    pub(crate) fn row_int8_table(&self, row: usize) -> Option<Int8Table> {
-        let words = self.int8?;
-        let r = if self.table.len() == TABLE_LEN {
-            0
-        } else {
-            row
-        };
-        let w = words[r * INT8_TABLE_WORDS..][..INT8_TABLE_WORDS]
-            .try_into()
-            .expect("6 words");
-        Some(Int8Table::from_words(w))
+    /// Whether the view carries precomputed int8 tables.
+    pub(crate) fn has_int8_tables(&self) -> bool {
+        self.int8.is_some()
+    }
+
+    /// The f32 tables, `[table_rows, 16]`.
+    pub(crate) fn tables(&self) -> &'a [f32] {
+        self.table
+    }
+
+    /// The buffers as the int8 kernels read them.
+    ///
+    /// # Panics
+    /// If the view has no int8 tables (see [`has_int8_tables`](Self::has_int8_tables)).
+    pub(crate) fn int8_weights(&self) -> Weights<'a> {
+        Weights {
+            rows: self.rows,
+            words_per_row: words_per_row(self.cols),
+            codes: self.codes,
+            t8: self.int8.expect("int8_weights: a view with int8 tables"),
+            shared: self.table.len() == TABLE_LEN,
+            groups: self.groups(),
+            group_blocks: (self.group_len() / BLOCK).max(1),
+            scales: self.scales,
+            zeros: self.zeros,
+        }
     }
 
     /// Number of rows (output features).

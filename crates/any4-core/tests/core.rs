@@ -199,6 +199,7 @@ fn check_int8_kernel(
 
 /// Every int8 kernel this CPU runs is checked (see `check_int8_kernel`) on shapes that reach
 /// each code path: K a multiple of 128 or not (padded last quad, unpaired block, f32 tail),
+/// several chunks of rows,
 /// group sizes 32 / 64 / 128 / 256 / per-row, learned and shared tables, M = 1, 3 and 6 (the
 /// AVX-512 kernels take activation rows four at a time: 6 is a full pass and a partial one).
 /// The list of kernels checked must hold every kernel the CPU's features allow (detected here
@@ -228,7 +229,16 @@ fn every_supported_int8_kernel_matches_the_reference() {
     eprintln!("int8 kernels checked: {checked:?}; not run (this CPU lacks them): {not_run:?}");
     assert_eq!(checked, expected, "kernels checked vs the CPU's features");
     let mut cases = 0;
-    for (rows, cols) in [(7, 512), (5, 200), (3, 96), (4, 1000), (2, 40), (3, 16)] {
+    // 41 rows: the batch-1 AVX-512 loop's chunks of 8 row pairs, the last partial and unpaired.
+    for (rows, cols) in [
+        (7, 512),
+        (5, 200),
+        (3, 96),
+        (4, 1000),
+        (2, 40),
+        (3, 16),
+        (41, 256),
+    ] {
         for g in [32usize, 64, 128, 256, 0] {
             let group = if g == 0 {
                 GroupSize::PER_ROW
@@ -250,7 +260,7 @@ fn every_supported_int8_kernel_matches_the_reference() {
             }
         }
     }
-    assert_eq!(cases, 6 * 5 * 2 * 3 * kernels.len());
+    assert_eq!(cases, 7 * 5 * 2 * 3 * kernels.len());
     // Precomputed tables of the wrong length are refused, naming them.
     let q = quantize_matrix(&student_t(4, 64, 4, 1), [4, 64], None, &cfg(Format::Any4)).unwrap();
     let err = q.view().with_int8_tables(&[0; 6]).unwrap_err().to_string();

@@ -19,7 +19,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{Acts, BLOCK, RowRef, block_step};
+use std::ops::Range;
+
+use super::{Acts, BLOCK, PARAMS_AHEAD, RowRef, Weights, block_step};
 
 /// Software prefetch distance in quads (64 bytes each) along a row's codes: 4 KB, the same
 /// position in the next row, which the same task reads next. Measured on the 2-core EPYC VM
@@ -31,6 +33,7 @@ const QUAD: usize = 4;
 
 /// `(Σ z·xs, Σ s·xs)` over the groups of a row, 16 lanes (the last load masked).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+#[inline]
 pub fn zero_terms_avx512(z: &[f32], s: &[f32], xs: &[f32]) -> (f32, f32) {
     let n = xs.len();
     assert!(z.len() >= n && s.len() >= n, "zero_terms: lengths");
@@ -189,6 +192,7 @@ pub unsafe fn rows_dot<const R: usize, const MI: usize>(
 macro_rules! rows_kernel {
     ($name:ident, $features:literal, $vbmi:literal) => {
         #[target_feature(enable = $features)]
+        #[inline]
         unsafe fn $name<const R: usize, const MI: usize, const LANES: bool>(
             rows: [RowRef<'_>; R],
             a: &Acts,
@@ -310,4 +314,90 @@ rows_kernel!(
     rows_vbmi,
     "avx512f,avx512bw,avx512vnni,avx512vbmi,fma",
     true
+);
+
+/// Batch 1, `cols` a multiple of [`BLOCK`]: for each `p` in `units`, rows `p` and `p + half`
+/// (`p` alone when `p + half ≥ rows`) against activation row 0, written to `out[row]`. One
+/// target-feature context for the whole loop, so the row kernel, the zero terms and the
+/// bookkeeping inline into it (called row by row they cost as much as the kernel itself on
+/// 576-wide rows).
+///
+/// # Safety
+/// The CPU features of [`rows_dot`] (VBMI when `vbmi`); `out` valid for `g.rows` writes, the
+/// indices of these rows written by no one else meanwhile; `a` quantized by [`quantize_acts`]
+/// for this matrix, with one activation row.
+pub(crate) unsafe fn gemv_units(
+    vbmi: bool,
+    g: &Weights<'_>,
+    a: &Acts,
+    units: Range<usize>,
+    half: usize,
+    out: *mut f32,
+) {
+    assert!(
+        a.blocks > 0
+            && g.group_blocks > 0
+            && g.words_per_row * 8 >= a.blocks * BLOCK
+            && g.groups * g.group_blocks >= a.blocks
+            && a.groups == g.groups
+            && a.q.len() >= a.q_stride
+            && a.corr.len() >= a.dv_stride
+            && a.dv.len() >= a.dv_stride,
+        "gemv_units: lengths"
+    );
+    let lanes = g.group_blocks < QUAD && g.groups > 1;
+    // SAFETY: forwarded contract; the lengths `rows_dot` checks are checked above (and
+    // `Weights::row` slices each row's buffers).
+    unsafe {
+        match (vbmi, lanes) {
+            (true, true) => gemv_vbmi::<true>(g, a, units, half, out),
+            (true, false) => gemv_vbmi::<false>(g, a, units, half, out),
+            (false, true) => gemv_vnni::<true>(g, a, units, half, out),
+            (false, false) => gemv_vnni::<false>(g, a, units, half, out),
+        }
+    }
+}
+
+/// The loop of [`gemv_units`], per lookup instruction (see [`rows_kernel`]).
+macro_rules! gemv_kernel {
+    ($name:ident, $rows:ident, $features:literal) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const LANES: bool>(
+            g: &Weights<'_>,
+            a: &Acts,
+            units: Range<usize>,
+            half: usize,
+            out: *mut f32,
+        ) {
+            let xs = &a.xsum[..a.groups];
+            for p in units {
+                g.prefetch(p + PARAMS_AHEAD);
+                g.prefetch(p + half + PARAMS_AHEAD);
+                let q = p + half;
+                // SAFETY (both arms): the contract of `gemv_units`; rows in bounds.
+                unsafe {
+                    if q < g.rows {
+                        let ((r0, s0, m0, z0), (r1, s1, m1, z1)) = (g.row(p), g.row(q));
+                        let [[d0], [d1]] = $rows::<2, 1, LANES>([r0, r1], a, 0, g.group_blocks);
+                        let (zx0, sx0) = zero_terms_avx512(z0, r0.scales, xs);
+                        let (zx1, sx1) = zero_terms_avx512(z1, r1.scales, xs);
+                        *out.add(p) = s0 * d0 + zx0 + m0 * sx0;
+                        *out.add(q) = s1 * d1 + zx1 + m1 * sx1;
+                    } else {
+                        let (r0, s0, m0, z0) = g.row(p);
+                        let [[d0]] = $rows::<1, 1, LANES>([r0], a, 0, g.group_blocks);
+                        let (zx0, sx0) = zero_terms_avx512(z0, r0.scales, xs);
+                        *out.add(p) = s0 * d0 + zx0 + m0 * sx0;
+                    }
+                }
+            }
+        }
+    };
+}
+
+gemv_kernel!(gemv_vnni, rows_vnni, "avx512f,avx512bw,avx512vnni,fma");
+gemv_kernel!(
+    gemv_vbmi,
+    rows_vbmi,
+    "avx512f,avx512bw,avx512vnni,avx512vbmi,fma"
 );

@@ -4,10 +4,11 @@
 use std::cell::RefCell;
 
 use super::split::run_units;
-use super::{Acts, BLOCK, Int8Table, RowRef, portable};
+use super::{Acts, BLOCK, Int8Table, PARAMS_AHEAD, RowRef, Weights, portable};
 use crate::error::Result;
 use crate::matmul::check_activations;
 use crate::pack::code;
+use crate::quantize::TABLE_LEN;
 use crate::view::QuantizedView;
 
 /// An int8 kernel this CPU supports (values exist only for supported kernels, so running one
@@ -142,6 +143,12 @@ impl Int8Kernel {
         }
     }
 
+    /// Whether the kernel looks tables up with VBMI's `vpermb`.
+    #[cfg(target_arch = "x86_64")]
+    fn vbmi(self) -> bool {
+        self.0 == Kind::Avx512Vbmi
+    }
+
     /// Whether the kernel reads two rows at once (`rows_dot::<2>`); the others take rows one
     /// by one in memory order.
     fn pairs_rows(self) -> bool {
@@ -253,10 +260,23 @@ impl QuantizedView<'_> {
         if m == 0 {
             return Ok(y);
         }
+        // Without stored int8 tables, convert them once for this call (the kernels read every
+        // row's table in its packed form, in place).
+        let owned: Vec<u32>;
+        let view = if self.has_int8_tables() {
+            *self
+        } else {
+            owned = self
+                .tables()
+                .chunks_exact(TABLE_LEN)
+                .flat_map(|t| kernel.table(t.try_into().expect("16 entries")).to_words())
+                .collect();
+            self.with_int8_tables(&owned)?
+        };
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut acts) => self.int8_into(kernel, x, m, &mut acts, &mut y),
+            Ok(mut acts) => view.int8_into(kernel, x, m, &mut acts, &mut y),
             // A nested call on this thread (e.g. from a task it runs while waiting).
-            Err(_) => self.int8_into(kernel, x, m, &mut Acts::default(), &mut y),
+            Err(_) => view.int8_into(kernel, x, m, &mut Acts::default(), &mut y),
         });
         Ok(y)
     }
@@ -265,6 +285,7 @@ impl QuantizedView<'_> {
         let (n, k) = (self.rows(), self.cols());
         kernel.quantize(x, m, k, self.group_len(), acts);
         let acts = &*acts;
+        let w = self.int8_weights();
         let out = Out(y.as_mut_ptr());
         let write = move |row: usize, i: usize, v: f32| {
             // SAFETY: i < m, row < n: in bounds; only the task owning `row` writes column `row`.
@@ -275,16 +296,36 @@ impl QuantizedView<'_> {
             // Rows in pairs (p, p + half): two distant rows are two concurrent memory streams
             // per core and share the activation loads (see `avx512::rows_dot`).
             let half = n.div_ceil(2);
+            #[cfg(target_arch = "x86_64")]
+            if m == 1 && k.is_multiple_of(BLOCK) {
+                // Batch 1 (decode): whole chunks of rows in one AVX-512 call.
+                let chunk = ROWS_PER_TASK / 2;
+                let task = |c: usize| {
+                    let units = c * chunk..((c + 1) * chunk).min(half);
+                    // SAFETY: an AVX-512 kernel exists only on CPUs with its features; `y`
+                    // has `n` elements and chunks own disjoint rows; `acts` is this call's.
+                    unsafe {
+                        super::avx512::gemv_units(kernel.vbmi(), &w, acts, units, half, out.ptr())
+                    }
+                };
+                run_units(half.div_ceil(chunk), 1, parallel, task);
+                return;
+            }
             let task = |p: usize| {
+                w.prefetch(p + PARAMS_AHEAD);
+                w.prefetch(p + half + PARAMS_AHEAD);
                 if p + half < n {
-                    self.int8_rows(kernel, [p, p + half], x, acts, write);
+                    self.int8_rows(kernel, &w, [p, p + half], x, acts, write);
                 } else {
-                    self.int8_rows(kernel, [p], x, acts, write);
+                    self.int8_rows(kernel, &w, [p], x, acts, write);
                 }
             };
             run_units(half, ROWS_PER_TASK / 2, parallel, task);
         } else {
-            let task = |row: usize| self.int8_rows(kernel, [row], x, acts, write);
+            let task = |row: usize| {
+                w.prefetch(row + PARAMS_AHEAD);
+                self.int8_rows(kernel, &w, [row], x, acts, write)
+            };
             run_units(n, ROWS_PER_TASK, parallel, task);
         }
     }
@@ -294,23 +335,16 @@ impl QuantizedView<'_> {
     fn int8_rows<const R: usize>(
         &self,
         kernel: Int8Kernel,
+        w: &Weights<'_>,
         rows: [usize; R],
         x: &[f32],
         a: &Acts,
         write: impl Fn(usize, usize, f32),
     ) {
         let (k, group) = (self.cols(), self.group_len());
-        let tables = rows.map(|row| self.row_table(row));
-        let t8: [Int8Table; R] = std::array::from_fn(|r| {
-            self.row_int8_table(rows[r])
-                .unwrap_or_else(|| kernel.table(tables[r]))
-        });
-        let refs: [RowRef<'_>; R] = std::array::from_fn(|r| RowRef {
-            words: self.row_codes(rows[r]),
-            q: &t8[r].q,
-            scales: self.row_scales(rows[r]),
-        });
-        let group_blocks = (group / BLOCK).max(1);
+        let parts = rows.map(|row| w.row(row));
+        let refs: [RowRef<'_>; R] = std::array::from_fn(|r| parts[r].0);
+        let group_blocks = w.group_blocks;
         let full = a.blocks * BLOCK;
         let m = x.len() / k;
         let mut dots = [[0.0f32; ACT_ROWS]; R];
@@ -318,14 +352,17 @@ impl QuantizedView<'_> {
             let mi = ACT_ROWS.min(m - i0);
             kernel.rows_dot_into(refs, a, i0, mi, group_blocks, &mut dots);
             for (r, row_dots) in dots.iter().enumerate() {
-                let (scales, t) = (refs[r].scales, &t8[r]);
+                let (scales, (_, scale, mid, zeros)) = (refs[r].scales, parts[r]);
                 for (i, &dot) in (i0..i0 + mi).zip(row_dots) {
                     let xs = &a.xsum[i * a.groups..][..a.groups];
-                    let (zx, sx) = kernel.zero_terms(self.row_zeros(rows[r]), scales, xs);
-                    let mut acc = t.scale * dot + zx + t.mid * sx;
-                    for j in full..k {
-                        let c = code(refs[r].words, j) as usize;
-                        acc += scales[j / group] * (tables[r][c] - t.mid) * x[i * k + j];
+                    let (zx, sx) = kernel.zero_terms(zeros, scales, xs);
+                    let mut acc = scale * dot + zx + mid * sx;
+                    if full < k {
+                        let table = self.row_table(rows[r]);
+                        for j in full..k {
+                            let c = code(refs[r].words, j) as usize;
+                            acc += scales[j / group] * (table[c] - mid) * x[i * k + j];
+                        }
                     }
                     write(rows[r], i, acc);
                 }
