@@ -81,69 +81,76 @@ pub(super) fn run(o: &Opts, threads: usize, bin: &Path, cx: &mut Context) -> Res
             let dram = exceeds_l3(cx, &ty, shape);
             add(&mut records, "burn-any4", &ty, "any4-core", shape, us, dram);
         }
-        let args = [
-            "bench",
-            "-p",
-            "burn-any4",
-            "--bench",
-            "kernels",
-            "--",
-            "--backend",
-            "flex",
-            "--shapes",
-            &shapes_arg(),
-            "--batch",
-            "1",
-            "--precision",
-            "int8",
-            "--json",
-        ];
-        cx.command(format!(
-            "RAYON_NUM_THREADS={} cargo {} FILE",
-            threads,
-            args.join(" ")
-        ));
-        cx.step(&format!(
-            "GEMV round {}/{}: Burn Flex (bench kernels)",
-            rep + 1,
-            o.repeats
-        ));
-        run_quiet(
-            Command::new("cargo")
-                .args(args)
-                .arg(&flex_json)
-                .env("RAYON_NUM_THREADS", &t),
-            "cargo bench --bench kernels",
-        )?;
-        let rows: Vec<Value> = serde_json::from_str(&read(&flex_json)?)
-            .map_err(|e| format!("{}: {e}", flex_json.display()))?;
-        // The default (int8) path; the bench also times the exact one against the same baseline.
-        for r in rows
-            .iter()
-            .filter(|r| r["m"] == 1 && r["precision"] == "int8")
-        {
-            let (Some(n), Some(k)) = (r["n"].as_u64(), r["k"].as_u64()) else {
-                return Err(format!("kernels bench: record without n/k: {r}"));
-            };
-            // Weights rotated through `copies_mb` MB per side: from DRAM when that is well over
-            // the last-level cache.
-            let dram = r["copies_mb"]
-                .as_f64()
-                .zip(super::l3_bytes())
-                .map(|(mb, l3)| mb * 1e6 > 2.0 * l3 as f64);
-            for (ty, key) in [("any4", "any4_us"), ("dense-f32", "baseline_us")] {
-                let us = r[key]
-                    .as_f64()
-                    .ok_or(format!("kernels bench: no `{key}` in {r}"))?;
-                add(
-                    &mut records,
-                    "burn-any4",
-                    ty,
-                    "burn-flex",
-                    (n as usize, k as usize),
-                    us,
-                    dram,
-                );
+        // Two Flex runs: weights rotated over copies (> 128 MiB, from DRAM, as in decode), and
+        // one weight called again and again (`--copies-mb 1`), the cache state of
+        // test-backend-ops and any4-core above.
+        for (copies, via) in [(None, "burn-flex"), (Some("1"), "burn-flex one weight")] {
+            let shapes = shapes_arg();
+            let mut args = vec![
+                "bench",
+                "-p",
+                "burn-any4",
+                "--bench",
+                "kernels",
+                "--",
+                "--backend",
+                "flex",
+                "--shapes",
+                &shapes,
+                "--batch",
+                "1",
+                "--precision",
+                "int8",
+            ];
+            if let Some(mb) = copies {
+                args.extend(["--copies-mb", mb]);
+            }
+            args.push("--json");
+            cx.command(format!(
+                "RAYON_NUM_THREADS={} cargo {} FILE",
+                threads,
+                args.join(" ")
+            ));
+            cx.step(&format!(
+                "GEMV round {}/{}: Burn Flex (bench kernels{})",
+                rep + 1,
+                o.repeats,
+                if copies.is_some() { ", one weight" } else { "" }
+            ));
+            run_quiet(
+                Command::new("cargo")
+                    .args(&args)
+                    .arg(&flex_json)
+                    .env("RAYON_NUM_THREADS", &t),
+                "cargo bench --bench kernels",
+            )?;
+            let rows: Vec<Value> = serde_json::from_str(&read(&flex_json)?)
+                .map_err(|e| format!("{}: {e}", flex_json.display()))?;
+            // The default (int8) path; the bench also times the exact one against the same
+            // baseline.
+            for r in rows
+                .iter()
+                .filter(|r| r["m"] == 1 && r["precision"] == "int8")
+            {
+                let (Some(n), Some(k)) = (r["n"].as_u64(), r["k"].as_u64()) else {
+                    return Err(format!("kernels bench: record without n/k: {r}"));
+                };
+                let shape = (n as usize, k as usize);
+                for (ty, key) in [("any4", "any4_us"), ("dense-f32", "baseline_us")] {
+                    // Rotated copies: from DRAM when they are well over the last-level cache;
+                    // one weight: when that weight alone is over it.
+                    let dram = match copies {
+                        None => r["copies_mb"]
+                            .as_f64()
+                            .zip(super::l3_bytes())
+                            .map(|(mb, l3)| mb * 1e6 > 2.0 * l3 as f64),
+                        Some(_) => exceeds_l3(cx, ty, shape),
+                    };
+                    let us = r[key]
+                        .as_f64()
+                        .ok_or(format!("kernels bench: no `{key}` in {r}"))?;
+                    add(&mut records, "burn-any4", ty, via, shape, us, dram);
+                }
             }
         }
     }
