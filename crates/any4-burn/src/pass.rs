@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use any4_core::act_scale::{ActScaleConfig, scale_columns, scale_stats};
-use any4_core::{Any4Config, Gram, HessianFactor, Method, OutputError};
+use any4_core::{Any4Config, GptqConfig, Gram, HessianFactor, Method, OutputError};
 use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -261,7 +261,7 @@ impl FactorCache {
         &mut self,
         gram: &Arc<Gram>,
         scales: Option<&Arc<Vec<f32>>>,
-        damp: f64,
+        gptq: &GptqConfig,
     ) -> Result<Arc<HessianFactor>> {
         if let Some((g, s, f)) = &self.0
             && Arc::ptr_eq(g, gram)
@@ -273,7 +273,7 @@ impl FactorCache {
         {
             return Ok(f.clone());
         }
-        let mut f = HessianFactor::new(gram, damp)?;
+        let mut f = HessianFactor::for_config(gram, gptq)?;
         if let Some(s) = scales {
             f = f.rescaled(s)?;
         }
@@ -472,7 +472,7 @@ fn quantize_selected(
         }
         let layer_scales = scales.get(path);
         let factor = match (&cfg.method, &gram) {
-            (Method::Gptq(g), Some(gram)) => match factors.get(gram, layer_scales, g.damp()) {
+            (Method::Gptq(g), Some(gram)) => match factors.get(gram, layer_scales, g) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     result = Err(e.in_layer(path));

@@ -212,6 +212,10 @@ struct QuantizeArgs {
     /// Error feedback: keep the first table of learned formats (no refit on the targets).
     #[arg(long)]
     no_refit: bool,
+    /// Error feedback: quantize input channels in decreasing order of E[x²] (act-order; group
+    /// parameters are then static).
+    #[arg(long)]
+    act_order: bool,
     /// Activation-aware scales: per layer input, search s = mean|x|^α (α on a grid) by the
     /// output error on the calibration tokens; the weight is quantized as W·diag(s) and the
     /// input multiplied by 1/s (folded into the previous norm where the model allows it).
@@ -376,6 +380,7 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
             GptqConfig::default()
                 .with_damp(a.damp)?
                 .with_refit(!a.no_refit)
+                .with_act_order(a.act_order)
                 .with_group_params(if a.static_groups {
                     GroupParams::Static
                 } else {

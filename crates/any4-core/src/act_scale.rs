@@ -110,7 +110,7 @@ pub fn search(
     }
     let metric = OutputError::new(gram)?;
     let factor = match method {
-        Method::Gptq(g) => Some(HessianFactor::new(gram, g.damp())?),
+        Method::Gptq(g) => Some(HessianFactor::for_config(gram, g)?),
         Method::Rtn => None,
     };
     let (mean, magnitudes) = (gram.mean(), gram.mean_abs());

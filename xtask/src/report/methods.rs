@@ -64,6 +64,35 @@ const ROWS: &[Row] = &[
     ("nf4", None, "one-shot", Some("act-scale"), Some("mix16k")),
     ("int4", None, "one-shot", Some("act-scale"), Some("mix16k")),
     ("fp4", None, "one-shot", Some("act-scale"), Some("mix16k")),
+    // Act-order (static groups).
+    (
+        "any4",
+        LLOYD,
+        "one-shot",
+        Some("gptq+act-order"),
+        Some("mix4k"),
+    ),
+    (
+        "any4",
+        LLOYD,
+        "one-shot",
+        Some("gptq+act-order+act-scale"),
+        Some("mix4k"),
+    ),
+    (
+        "any4",
+        LLOYD,
+        "one-shot",
+        Some("gptq+act-order"),
+        Some("mix32k"),
+    ),
+    (
+        "any4",
+        LLOYD,
+        "one-shot",
+        Some("gptq+act-scale"),
+        Some("mix32k"),
+    ),
 ];
 
 /// The method settings.
@@ -88,6 +117,8 @@ pub(super) fn method_args(method: Option<&str>) -> Result<Vec<String>> {
         Some("gptq") => gptq.to_vec(),
         Some("act-scale") => vec!["--act-scale"],
         Some("gptq+act-scale") => [&gptq[..], &["--act-scale"]].concat(),
+        Some("gptq+act-order") => [&gptq[..], &["--act-order"]].concat(),
+        Some("gptq+act-order+act-scale") => [&gptq[..], &["--act-order", "--act-scale"]].concat(),
         Some(other) => return Err(format!("unknown method `{other}`")),
     };
     Ok(v.into_iter().map(String::from).collect())

@@ -78,7 +78,8 @@ pub struct Setting {
     pub kmeans: Option<String>,
     /// `one-shot` or `sequential`.
     pub calibration: Option<String>,
-    /// How codes are chosen beyond round-to-nearest: `gptq`, `act-scale`, `gptq+act-scale`
+    /// How codes are chosen beyond round-to-nearest: `gptq`, `act-scale`, `gptq+act-scale`,
+    /// `gptq+act-order`
     /// (`None`: round-to-nearest, the paper's method). See [`methods`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,

@@ -33,6 +33,13 @@
 //! every supported group size below it and divides those above, so a group's targets are final
 //! when its first column is reached.
 //!
+//! **Column order (`act_order`).** The pass may take the columns in decreasing order of
+//! `E[x_j²]` (GPTQ's act-order): the channels that weigh most in the output are quantized first,
+//! while the most later columns remain to absorb their error. The factor is then built for the
+//! permuted `H` ([`HessianFactor::for_config`]); groups stay the stored ones (consecutive input
+//! channels), so their scales and zeros are static (taken from the original weights) — a
+//! group's columns are scattered over the pass.
+//!
 //! **Damping and dead channels.** `H` is normalised per token and `damp · mean(diag H)` is added
 //! to its diagonal. A channel the calibration never excited (`H_jj = 0`, hence a zero row and
 //! column) gets the mean diagonal instead: its column is rounded on its own and passes no error
@@ -86,6 +93,7 @@ pub struct GptqConfig {
     group_params: GroupParams,
     refit: bool,
     table_weights: TableWeights,
+    act_order: bool,
 }
 
 impl Default for GptqConfig {
@@ -95,6 +103,7 @@ impl Default for GptqConfig {
             group_params: GroupParams::Dynamic,
             refit: true,
             table_weights: TableWeights::Gram,
+            act_order: false,
         }
     }
 }
@@ -140,6 +149,16 @@ impl GptqConfig {
         self.table_weights = w;
         self
     }
+    /// Whether columns are taken in decreasing order of `E[x_j²]` (default false; implies
+    /// static group parameters, see the module docs).
+    pub fn act_order(&self) -> bool {
+        self.act_order
+    }
+    /// Set the column order.
+    pub fn with_act_order(mut self, act_order: bool) -> Self {
+        self.act_order = act_order;
+        self
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -149,6 +168,8 @@ struct GptqRepr {
     refit: bool,
     #[serde(default)]
     table_weights: TableWeights,
+    #[serde(default)]
+    act_order: bool,
 }
 
 impl TryFrom<GptqRepr> for GptqConfig {
@@ -158,7 +179,8 @@ impl TryFrom<GptqRepr> for GptqConfig {
             .with_damp(r.damp)?
             .with_group_params(r.group_params)
             .with_refit(r.refit)
-            .with_table_weights(r.table_weights))
+            .with_table_weights(r.table_weights)
+            .with_act_order(r.act_order))
     }
 }
 
@@ -169,6 +191,7 @@ impl From<GptqConfig> for GptqRepr {
             group_params: c.group_params,
             refit: c.refit,
             table_weights: c.table_weights,
+            act_order: c.act_order,
         }
     }
 }
@@ -183,6 +206,9 @@ pub struct HessianFactor {
     diag: Vec<f64>,
     /// `E[x_j²]`, the per-token diagonal of `H` before damping.
     second_moment: Vec<f64>,
+    /// The input channel of each of the factor's columns (`None`: the identity). Every other
+    /// field is in this order.
+    order: Option<Vec<usize>>,
 }
 
 impl HessianFactor {
@@ -191,6 +217,21 @@ impl HessianFactor {
     /// Errors: no tokens; a damping outside `[0, 1]`; a matrix that is still not positive
     /// definite (e.g. `damp = 0` with fewer tokens than channels), naming the column.
     pub fn new(gram: &Gram, damp: f64) -> Result<Self> {
+        Self::ordered(gram, damp, None)
+    }
+
+    /// The factor `gptq` runs on: dampened by its `damp`, with its columns in decreasing order
+    /// of `E[x_j²]` when it asks for act-order (ties and dead channels keep channel order).
+    pub fn for_config(gram: &Gram, gptq: &GptqConfig) -> Result<Self> {
+        let order = gptq.act_order().then(|| {
+            let mut o: Vec<usize> = (0..gram.k()).collect();
+            o.sort_by(|&a, &b| gram.get(b, b).total_cmp(&gram.get(a, a)));
+            o
+        });
+        Self::ordered(gram, gptq.damp(), order)
+    }
+
+    fn ordered(gram: &Gram, damp: f64, order: Option<Vec<usize>>) -> Result<Self> {
         if gram.tokens() == 0 {
             return Err(Error::NoCalibrationTokens);
         }
@@ -199,7 +240,10 @@ impl HessianFactor {
         }
         let k = gram.k();
         let inv = 1.0 / gram.tokens() as f64;
-        let diag: Vec<f64> = (0..k).map(|j| gram.get(j, j) * inv).collect();
+        // Channel of the factor's column `j`.
+        let ch = |j: usize| order.as_ref().map_or(j, |o| o[j]);
+        let h = |i: usize, j: usize| gram.get(ch(i), ch(j));
+        let diag: Vec<f64> = (0..k).map(|j| h(j, j) * inv).collect();
         let second_moment = diag.clone();
         let live: Vec<f64> = diag.iter().copied().filter(|&d| d > 0.0).collect();
         let mean = if live.is_empty() {
@@ -216,14 +260,14 @@ impl HessianFactor {
                     let d = diag[oi];
                     (if d > 0.0 { d } else { mean }) + damp * mean
                 } else if diag[oi] > 0.0 && diag[oj] > 0.0 {
-                    gram.get(oi, oj) * inv
+                    h(oi, oj) * inv
                 } else {
                     0.0
                 };
             }
         }
         cholesky_lower(&mut a, k).map_err(|c| Error::NotPositiveDefinite {
-            column: k - 1 - c,
+            column: ch(k - 1 - c),
             damp,
         })?;
         // T_ij = L[k-1-i][k-1-j] for i ≤ j.
@@ -240,7 +284,18 @@ impl HessianFactor {
             r,
             diag,
             second_moment,
+            order,
         })
+    }
+
+    /// The input channel of the factor's column `j`.
+    pub(crate) fn channel(&self, j: usize) -> usize {
+        self.order.as_ref().map_or(j, |o| o[j])
+    }
+
+    /// Whether the columns are permuted (act-order).
+    pub(crate) fn permuted(&self) -> bool {
+        self.order.is_some()
     }
 
     /// Input width `K`.
@@ -268,6 +323,8 @@ impl HessianFactor {
                 value: s[j],
             });
         }
+        // `s` in the factor's column order.
+        let s: Vec<f32> = (0..k).map(|j| s[self.channel(j)]).collect();
         let mut r = self.r.clone();
         r.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
             for (j, v) in row.iter_mut().enumerate().skip(i) {
@@ -276,7 +333,7 @@ impl HessianFactor {
         });
         let per_channel = |v: &[f64]| -> Vec<f64> {
             v.iter()
-                .zip(s)
+                .zip(&s)
                 .map(|(d, &sj)| d / (sj as f64 * sj as f64))
                 .collect()
         };
@@ -285,6 +342,7 @@ impl HessianFactor {
             r,
             diag: per_channel(&self.diag),
             second_moment: per_channel(&self.second_moment),
+            order: self.order.clone(),
         })
     }
 }

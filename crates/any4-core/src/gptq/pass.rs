@@ -25,6 +25,8 @@ pub(super) struct Pass<'a> {
     cols: usize,
     group: usize,
     groups: usize,
+    /// The stored group of the pass's column `j` (its input channel's group).
+    col_group: Vec<usize>,
     domain: Domain,
     dtype: ParamDtype,
     fixed: Option<[f32; TABLE_LEN]>,
@@ -64,12 +66,14 @@ impl<'a> Pass<'a> {
         Pass {
             config,
             factor,
-            dynamic: gptq.group_params() == GroupParams::Dynamic,
+            // Permuted columns scatter each group over the pass: static parameters only.
+            dynamic: gptq.group_params() == GroupParams::Dynamic && !factor.permuted(),
             refit: gptq.refit() && config.format().is_learned(),
             table_weights: gptq.table_weights(),
             cols,
             group,
             groups: config.group_size().groups_for(cols),
+            col_group: (0..cols).map(|j| factor.channel(j) / group).collect(),
             domain: levels::domain(config.format(), config.scaling()),
             dtype: config.param_dtype(),
             fixed: levels::fixed_table(config.format(), config.scaling()),
@@ -80,6 +84,7 @@ impl<'a> Pass<'a> {
     pub fn rows(&self, first_row: usize, w: &[f32], stats: Option<&[f32]>) -> Result<RowsOut> {
         let (cols, group, groups) = (self.cols, self.group, self.groups);
         let n = w.len() / cols;
+        let cg = &self.col_group;
         // Static parameters and the initial tables, exactly as round-to-nearest makes them.
         let (mut s0, mut z0) = (vec![0.0f32; n * groups], vec![0.0f32; n * groups]);
         for r in 0..n {
@@ -89,6 +94,18 @@ impl<'a> Pass<'a> {
                 z0[r * groups + g] = z;
             }
         }
+        // Weights and statistics in the factor's column order.
+        let permuted: Option<(Vec<f32>, Option<Vec<f32>>)> = self.factor.permuted().then(|| {
+            let ch = |j| self.factor.channel(j);
+            let wp = (0..n * cols)
+                .map(|at| w[at - at % cols + ch(at % cols)])
+                .collect();
+            (wp, stats.map(|x| (0..cols).map(|j| x[ch(j)]).collect()))
+        });
+        let (w, stats) = match &permuted {
+            Some((wp, sp)) => (&wp[..], sp.as_deref()),
+            None => (w, stats),
+        };
         let tables: Vec<[f32; TABLE_LEN]> = (0..n)
             .map(|r| match self.fixed {
                 Some(t) => t,
@@ -98,16 +115,16 @@ impl<'a> Pass<'a> {
                     let scaled: Vec<f32> = row
                         .iter()
                         .enumerate()
-                        .map(|(j, &v)| (v - z[j / group]) / s[j / group])
+                        .map(|(j, &v)| (v - z[cg[j]]) / s[cg[j]])
                         .collect();
                     let weights: Option<Vec<f32>> = match self.table_weights {
                         TableWeights::Mean => {
-                            stats.map(|x| (0..cols).map(|j| x[j].abs() * s[j / group]).collect())
+                            stats.map(|x| (0..cols).map(|j| x[j].abs() * s[cg[j]]).collect())
                         }
                         TableWeights::Gram => Some(
                             (0..cols)
                                 .map(|j| {
-                                    let sg = s[j / group] as f64;
+                                    let sg = s[cg[j]] as f64;
                                     (self.factor.second_moment[j] * sg * sg) as f32
                                 })
                                 .collect(),
@@ -129,10 +146,10 @@ impl<'a> Pass<'a> {
                     let scaled: Vec<f32> = t
                         .iter()
                         .enumerate()
-                        .map(|(j, &v)| (v - z[j / group]) / s[j / group])
+                        .map(|(j, &v)| (v - z[cg[j]]) / s[cg[j]])
                         .collect();
                     let weights: Vec<f32> = (0..cols)
-                        .map(|j| (self.factor.diag[j] * (s[j / group] as f64).powi(2)) as f32)
+                        .map(|j| (self.factor.diag[j] * (s[cg[j]] as f64).powi(2)) as f32)
                         .collect();
                     let start = &best_tables[r][..self.config.format().levels()];
                     let fit = kmeans::refine(&scaled, Some(&weights), start, self.config.kmeans());
@@ -151,6 +168,15 @@ impl<'a> Pass<'a> {
                     best.scales[a..b].copy_from_slice(&again.scales[a..b]);
                     best.zeros[a..b].copy_from_slice(&again.zeros[a..b]);
                     best_tables[r] = tables[r];
+                }
+            }
+        }
+        if self.factor.permuted() {
+            // Codes back to channel order.
+            for row in best.codes.chunks_mut(cols) {
+                let pass_order = row.to_vec();
+                for (j, c) in pass_order.into_iter().enumerate() {
+                    row[self.factor.channel(j)] = c;
                 }
             }
         }
@@ -205,7 +231,7 @@ impl<'a> Pass<'a> {
         for b0 in (0..k).step_by(BLOCK) {
             let b1 = (b0 + BLOCK).min(k);
             for j in b0..b1 {
-                let g = j / group;
+                let g = self.col_group[j];
                 if self.dynamic && j.is_multiple_of(group) {
                     let len = group.min(k - j);
                     for row in 0..n {

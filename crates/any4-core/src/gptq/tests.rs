@@ -201,17 +201,26 @@ fn error_feedback_beats_rounding_for_every_format() {
         cases.push(Any4Config::new(f).with_param_dtype(ParamDtype::Bf16));
         cases.push(Any4Config::new(f).with_param_dtype(ParamDtype::F32));
     }
+    let ordered =
+        HessianFactor::for_config(&g, &GptqConfig::default().with_act_order(true)).unwrap();
     for cfg in cases {
-        for gp in [GroupParams::Static, GroupParams::Dynamic] {
-            let gcfg = GptqConfig::default().with_group_params(gp);
+        for (gp, act_order) in [
+            (GroupParams::Static, false),
+            (GroupParams::Dynamic, false),
+            (GroupParams::Static, true),
+        ] {
+            let gcfg = GptqConfig::default()
+                .with_group_params(gp)
+                .with_act_order(act_order);
+            let f = if act_order { &ordered } else { &factor };
             let rtn = quantize_matrix(&w, [rows, k], Some(&xbar), &cfg).unwrap();
-            let fb = quantize_gptq(&w, [rows, k], Some(&xbar), &factor, &cfg, &gcfg).unwrap();
+            let fb = quantize_gptq(&w, [rows, k], Some(&xbar), f, &cfg, &gcfg).unwrap();
             let e_rtn = g.output_error(&w, &rtn.dequantize(), rows).unwrap();
             let e_fb = g.output_error(&w, &fb.dequantize(), rows).unwrap();
             let h_rtn = held_out.output_error(&w, &rtn.dequantize(), rows).unwrap();
             let h_fb = held_out.output_error(&w, &fb.dequantize(), rows).unwrap();
             println!(
-                "{} g{} {:?} {:?} {gp:?}: calibration {:.3}, held out {:.3} of rtn",
+                "{} g{} {:?} {:?} {gp:?} act-order {act_order}: calibration {:.3}, held out {:.3} of rtn",
                 cfg.format(),
                 cfg.group_size(),
                 cfg.scaling(),
@@ -219,13 +228,49 @@ fn error_feedback_beats_rounding_for_every_format() {
                 e_fb / e_rtn,
                 h_fb / h_rtn,
             );
-            assert!(e_fb < 0.9 * e_rtn, "{cfg:?} {gp:?}: {e_fb} vs rtn {e_rtn}");
+            assert!(
+                e_fb < 0.9 * e_rtn,
+                "{cfg:?} {gp:?} {act_order}: {e_fb} vs rtn {e_rtn}"
+            );
             assert!(
                 h_fb < 0.95 * h_rtn,
-                "{cfg:?} {gp:?} held out: {h_fb} vs rtn {h_rtn}"
+                "{cfg:?} {gp:?} {act_order} held out: {h_fb} vs rtn {h_rtn}"
             );
         }
     }
+}
+
+/// Act-order on inputs whose second moments already decrease with the channel index is the
+/// identity order: the permuted path must then give exactly the static-groups pass (codes,
+/// tables, scales, zeros), for a learned and a fixed format. With the channels shuffled, the
+/// order is not the identity and the factor's columns follow `E[x_j²]`.
+#[test]
+fn act_order_in_channel_order_is_the_static_pass() {
+    let (rows, k) = (20, 192);
+    let x = activations(500, k, 8);
+    let moment = |j: usize| (0..500).map(|p| (x[p * k + j] as f64).powi(2)).sum::<f64>();
+    let mut by_moment: Vec<usize> = (0..k).collect();
+    by_moment.sort_by(|&a, &b| moment(b).total_cmp(&moment(a)));
+    let sorted: Vec<f32> = (0..500 * k)
+        .map(|at| x[at - at % k + by_moment[at % k]])
+        .collect();
+    let g = gram(&sorted, k);
+    let w = weights(rows, k, 9);
+    let xbar = g.mean();
+    let fixed = GptqConfig::default().with_group_params(GroupParams::Static);
+    let ordered = fixed.with_act_order(true);
+    let plain = HessianFactor::new(&g, fixed.damp()).unwrap();
+    let identity = HessianFactor::for_config(&g, &ordered).unwrap();
+    assert!(identity.permuted());
+    assert!((0..k).all(|j| identity.channel(j) == j), "sorted moments");
+    for f in [Format::Any4, Format::Nf4] {
+        let cfg = Any4Config::new(f).with_group_size(GroupSize::new(64).unwrap());
+        let a = quantize_gptq(&w, [rows, k], Some(&xbar), &plain, &cfg, &fixed).unwrap();
+        let b = quantize_gptq(&w, [rows, k], Some(&xbar), &identity, &cfg, &ordered).unwrap();
+        assert_eq!(a, b, "{f}");
+    }
+    let shuffled = HessianFactor::for_config(&gram(&x, k), &ordered).unwrap();
+    assert!((0..k).all(|j| shuffled.channel(j) == by_moment[j]));
 }
 
 /// Bad inputs get clear errors: no tokens, singular `H` without damping, a damping out of
