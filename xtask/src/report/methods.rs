@@ -95,16 +95,38 @@ const ROWS: &[Row] = &[
     ),
 ];
 
-/// The method settings.
-pub(super) fn settings() -> Vec<Setting> {
+/// Rows also measured with one group per row (the per-row table of the main section).
+const PER_ROW: &[Row] = &[
+    ("any4", LLOYD, "one-shot", Some("gptq"), Some("mix4k")),
+    (
+        "any4",
+        LLOYD,
+        "one-shot",
+        Some("gptq+act-order"),
+        Some("mix4k"),
+    ),
+    ("any4", LLOYD, "one-shot", Some("act-scale"), Some("mix4k")),
+    (
+        "nf4",
+        None,
+        "one-shot",
+        Some("gptq+act-order"),
+        Some("mix4k"),
+    ),
+];
+
+/// The method settings, with their group size (`128` or `per-row`).
+pub(super) fn settings() -> Vec<(&'static str, Setting)> {
+    let setting = |&(f, k, c, m, t): &Row| Setting {
+        format: f.into(),
+        kmeans: k.map(Into::into),
+        calibration: Some(c.into()),
+        method: m.map(Into::into),
+        calib: t.map(Into::into),
+    };
     ROWS.iter()
-        .map(|&(f, k, c, m, t)| Setting {
-            format: f.into(),
-            kmeans: k.map(Into::into),
-            calibration: Some(c.into()),
-            method: m.map(Into::into),
-            calib: t.map(Into::into),
-        })
+        .map(|r| ("128", setting(r)))
+        .chain(PER_ROW.iter().map(|r| ("per-row", setting(r))))
         .collect()
 }
 
@@ -167,48 +189,61 @@ pub(super) fn render(records: &[Record]) -> String {
             continue;
         };
         let texts: Vec<&String> = dense.ppl.keys().collect();
-        md.push_str(&format!("\n### {model}, group 128\n\n| setting |"));
-        for t in &texts {
-            md.push_str(&format!(" {t} ppl | × dense |"));
-        }
-        md.push_str(" bits/weight | rel. MSE | quant time (s) |\n|---|");
-        for _ in &texts {
-            md.push_str("---:|---:|");
-        }
-        md.push_str("---:|---:|---:|\n");
-        let reference = ["any4", "nf4", "int4", "fp4"].map(|f| Setting {
-            format: f.into(),
-            kmeans: (f == "any4").then(|| "lloyd".into()),
-            calibration: Some("one-shot".into()),
-            method: None,
-            calib: None,
-        });
-        for s in reference.iter().chain(settings().iter()) {
-            let Some(r) = recs.iter().find(|r| r.group == "128" && r.setting == *s) else {
+        for group in ["128", "per-row"] {
+            let measured: Vec<Setting> = settings()
+                .into_iter()
+                .filter(|(g, _)| *g == group)
+                .map(|(_, s)| s)
+                .collect();
+            if !recs
+                .iter()
+                .any(|r| r.group == group && measured.contains(&r.setting))
+            {
                 continue;
-            };
-            md.push_str(&format!("| {} |", s.label()));
+            }
+            md.push_str(&format!("\n### {model}, group {group}\n\n| setting |"));
             for t in &texts {
-                let ratio = match (r.ppl.get(*t), dense.ppl.get(*t)) {
-                    (Some(p), Some(d)) => Some(p / d),
-                    _ => None,
+                md.push_str(&format!(" {t} ppl | × dense |"));
+            }
+            md.push_str(" bits/weight | rel. MSE | quant time (s) |\n|---|");
+            for _ in &texts {
+                md.push_str("---:|---:|");
+            }
+            md.push_str("---:|---:|---:|\n");
+            let reference = ["any4", "nf4", "int4", "fp4"].map(|f| Setting {
+                format: f.into(),
+                kmeans: (f == "any4").then(|| "lloyd".into()),
+                calibration: Some("one-shot".into()),
+                method: None,
+                calib: None,
+            });
+            for s in reference.iter().chain(measured.iter()) {
+                let Some(r) = recs.iter().find(|r| r.group == group && r.setting == *s) else {
+                    continue;
+                };
+                md.push_str(&format!("| {} |", s.label()));
+                for t in &texts {
+                    let ratio = match (r.ppl.get(*t), dense.ppl.get(*t)) {
+                        (Some(p), Some(d)) => Some(p / d),
+                        _ => None,
+                    };
+                    md.push_str(&format!(
+                        " {} | {} |",
+                        fmt_ppl(r.ppl.get(*t)),
+                        fmt_opt(ratio, 3)
+                    ));
+                }
+                // Records from before quant_seconds was reported show the pass time alone.
+                let time = match (r.quant_seconds, r.pass_seconds) {
+                    (Some(q), _) => fmt_opt(Some(q), 1),
+                    (None, p) => format!("{} (pass)", fmt_opt(p, 1)),
                 };
                 md.push_str(&format!(
-                    " {} | {} |",
-                    fmt_ppl(r.ppl.get(*t)),
-                    fmt_opt(ratio, 3)
+                    " {} | {} | {time} |\n",
+                    fmt_opt(r.bits_per_weight, 3),
+                    r.rel_mse.map_or("–".into(), |x| format!("{x:.2e}")),
                 ));
             }
-            // Records from before quant_seconds was reported show the pass time alone.
-            let time = match (r.quant_seconds, r.pass_seconds) {
-                (Some(q), _) => fmt_opt(Some(q), 1),
-                (None, p) => format!("{} (pass)", fmt_opt(p, 1)),
-            };
-            md.push_str(&format!(
-                " {} | {} | {time} |\n",
-                fmt_opt(r.bits_per_weight, 3),
-                r.rel_mse.map_or("–".into(), |x| format!("{x:.2e}")),
-            ));
         }
     }
     md.push_str(ANALYSIS);

@@ -43,7 +43,7 @@ struct ModelSpec {
     default: bool,
     /// Formats measured besides the baseline (`None`: every setting of [`settings`]).
     only: Option<&'static [Setting0]>,
-    /// Also measure [`methods::settings`] (group 128 only).
+    /// Also measure [`methods::settings`].
     methods: bool,
 }
 
@@ -396,7 +396,7 @@ pub fn accuracy(args: &[String]) -> Result<()> {
             let runs = ["128", "per-row"]
                 .into_iter()
                 .flat_map(|g| spec.settings().into_iter().map(move |s| (g, s)))
-                .chain(extra.into_iter().map(|s| ("128", s)));
+                .chain(extra);
             for (group, setting) in runs {
                 {
                     let group = if setting.format == "dense" {
