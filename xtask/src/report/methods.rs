@@ -255,15 +255,18 @@ const SECTION_HEADER: &str = "
 
 Rows without a method are round-to-nearest (the paper); `gptq` is error feedback through the
 calibration Gram matrix (`--method gptq --damp 0.1`: columns quantized in order, each one's
-error spread over the later columns through the Cholesky factor of H⁻¹; learned tables refit
-after the pass); `act-scale` searches per layer input s = mean|x|^α on a 10-point grid by the
-output error on the calibration tokens (`--act-scale`; the inverse is folded into the RMSNorm
-before q/k/v and gate/up, o_proj and down_proj store an f32 input multiplier, counted in the bits).
-`calib mixNk` is N·1024 calibration tokens, half from Shakespeare and half from the PTB
-*training* split, as 2048-token windows spread over each file; rows without it use the built-in
-prompt (330 tokens for SmolLM2's tokenizer). PTB is evaluated on its validation split, so PTB
-calibration is in-domain text but not the evaluated text. Quant time is the wall time of the
-calibration forward(s) plus the pass on a 2-core machine shared with other jobs (noisy).
+error spread over the later columns through the Cholesky factor of H⁻¹; group scales from the
+fed-back targets; learned tables refit after the pass); `act-order` takes the columns in
+decreasing order of E[x²] with static group scales (`--act-order`); `act-scale` searches per
+layer input s = mean|x|^α on a 10-point grid by the output error on the calibration tokens
+(`--act-scale`; the inverse is folded into the RMSNorm before q/k/v and gate/up, o_proj and
+down_proj store an f32 input multiplier, counted in the bits). `exact DP` and `sequential` are
+the main tables' table solver and calibration order. `calib mixNk` is N·1024 calibration
+tokens, half from Shakespeare and half from the PTB *training* split, as 2048-token windows
+spread over each file; rows without it use the built-in prompt (330 tokens for SmolLM2's
+tokenizer). PTB is evaluated on its validation split, so PTB calibration is in-domain text but
+not the evaluated text. Quant time is the wall time of the calibration forward(s) plus the pass
+on the 2-core machine, often shared with other jobs (noisy).
 ";
 
 const ANALYSIS: &str = "
@@ -273,29 +276,31 @@ What the SmolLM2 rows say (group 128; dense 46.12 PTB / 28.78 Botchan):
   built-in prompt to 16k tokens of Shakespeare + PTB-train (PTB 1.140× → 1.129×, Botchan 1.125× →
   1.120× of dense): its tables only use the per-channel mean. Error feedback needs more: with the
   built-in prompt alone (330 tokens, so the Gram matrices of the 576- and 1536-wide inputs have
-  rank ≤ 330) it *overfits* and is worse than rounding (measured by hand with the code of commit
-  7f5c0aa, `any4 quantize --method gptq` at the default damping 0.01 and the evaluation above: PTB
-  56.19, Botchan 37.74, i.e. 1.218× and 1.311×; not a report row); with 16k tokens and damping
-  0.1 it is the best single method on PTB.
-- **Error feedback (`gptq`) buys PTB, not Botchan**: PTB 52.07 → 49.27 (1.068×, inside the
-  1.07× target), Botchan 32.24 → 32.06 (1.114×). Half the calibration text is PTB's training
-  split, so PTB is the in-domain text here; Botchan (a 1906 novel) is not like either half. The
-  weight MSE rises (7.8e-3 → 9.5e-3): error feedback trades weight error for output error on
-  the calibration distribution, which is what helps in-domain and not elsewhere.
-- **Activation-aware scales buy both texts a little**: PTB 50.65 (1.098×), Botchan 31.68
-  (1.101×, the best Botchan row), for +0.019 bits/weight (the f32 input multipliers of o_proj
-  and down_proj; those of q/k/v and gate/up fold into the RMSNorms for free).
-- **Both together** give the best Botchan row, 31.48 (1.094×), but PTB 50.53 (1.096×), worse
-  than error feedback alone (the scales are searched per layer input with error feedback
-  inside the search; why that gives back part of the PTB gain is not tested here). No combination reaches 1.07× on both texts at 4.65
-  bits (targets: ≤ 1.07×; best per text: PTB 1.068× with `gptq`, Botchan 1.094× with both).
-- **Error feedback helps the fixed formats too**: nf4 60.05 → 57.64 on PTB (1.302× → 1.250×)
-  and 38.17 → 37.33 on Botchan (1.326× → 1.297×) with the same 16k-token calibration; any4 with
-  round-to-nearest stays far ahead of nf4 with error feedback. (int4 and fp4 with error feedback,
-  the calibration-size rows and the fixed formats with scales are in the report's list but were
-  not measured for this revision.)
-- **Cost**: on this shared 2-core machine (load average 11–19 from other jobs while measuring) the
-  error-feedback pass took 73 s and the scale search 165 s of wall time, the 16k-token
-  calibration forward with Gram recording most of the rest. The quant times are wall-clock
-  under that load, not the machine's speed.
+  rank ≤ 330) it is worse than rounding (PTB 1.174×, Botchan 1.182×); from 4k tokens on, with damping 0.1,
+  it beats rounding on both texts.
+- **With error feedback and 4k–32k calibration tokens, every combination lands in one band**:
+  Botchan 1.087–1.121×, PTB 1.061–1.102×. Inside it, choices that should be near-equivalent
+  move the result as much as the methods do: at 4k tokens, k-means++ vs the exact DP tables
+  (PTB 1.061× vs 1.095×), one-shot vs sequential calibration (1.061× vs 1.094×), adding
+  act-order (1.083×). A single row's rank inside the band is therefore not a finding; what holds
+  across rows is that error feedback with ≥ 4k tokens is 2–7% better than rounding, and that
+  more calibration text helps Botchan (gptq at 4k / 32k tokens: 1.102× / 1.089×; with
+  act-order 1.108× / 1.087×) but not PTB.
+- **Best rows against the 1.07× target**: PTB 1.061× (gptq, 4k tokens, 36 s to quantize;
+  1.064× with act-order and act-scale) — met; Botchan 1.087× (gptq with act-order, 32k
+  tokens) — not met by any of the any4 method rows. Botchan, a 1906 novel, is like neither
+  calibration text; its gap is the out-of-domain part that error feedback, which fits the output
+  error on the calibration distribution, does not close.
+- **Activation-aware scales rescue the fixed formats.** int4 goes from 1.624× / 1.786× (Botchan /
+  PTB) to 1.174× / 1.173× with `act-scale` at 16k tokens, fp4 from 1.356× / 1.369× to
+  1.202× / 1.214×, nf4 from 1.326× / 1.302× to 1.194× / 1.304×: the scales move the large input
+  channels' weights onto finer steps of the uniform grid, which is the `v_proj` / `down_proj`
+  loss analysed below. any4's learned tables already adapt to those channels, so the same scales
+  buy it little (Botchan 1.120× → 1.101×, PTB 1.129× → 1.098×).
+- **Error feedback helps the fixed formats on PTB** (nf4 1.302× → 1.250×, int4 1.786× → 1.524×,
+  fp4 1.369× → 1.296×, 16k tokens) but not on Botchan (nf4 1.297×, int4 1.666×, fp4 1.363×).
+  any4 with plain rounding stays ahead of every fixed format with either method.
+- **Cost**: quantizing SmolLM2 with `gptq` on 4k calibration tokens takes 36 s on the 2-core
+  machine (16k tokens: 108–450 s, mostly the calibration forward with Gram recording, measured
+  under load from other jobs); `act-scale` adds its grid search (about 1 min at 4k tokens).
 ";
