@@ -212,7 +212,7 @@ struct QuantizeArgs {
     /// Error feedback: keep the first table of learned formats (no refit on the targets).
     #[arg(long)]
     no_refit: bool,
-    /// Error feedback: quantize input channels in decreasing order of E[x²] (act-order; group
+    /// Error feedback: quantize input channels in decreasing order of E(x²) (act-order; group
     /// parameters are then static).
     #[arg(long)]
     act_order: bool,

@@ -279,16 +279,16 @@ What the SmolLM2 rows say (group 128; dense 46.12 PTB / 28.78 Botchan):
   rank ≤ 330) it is worse than rounding (PTB 1.174×, Botchan 1.182×); from 4k tokens on, with damping 0.1,
   it beats rounding on both texts.
 - **With error feedback and 4k–32k calibration tokens, every combination lands in one band**:
-  Botchan 1.087–1.121×, PTB 1.061–1.102×. Inside it, choices that should be near-equivalent
+  Botchan 1.080–1.121×, PTB 1.061–1.102×. Inside it, choices that should be near-equivalent
   move the result as much as the methods do: at 4k tokens, k-means++ vs the exact DP tables
   (PTB 1.061× vs 1.095×), one-shot vs sequential calibration (1.061× vs 1.094×), adding
   act-order (1.083×). A single row's rank inside the band is therefore not a finding; what holds
   across rows is that error feedback with ≥ 4k tokens is 2–7% better than rounding, and that
   more calibration text helps Botchan (gptq at 4k / 32k tokens: 1.102× / 1.089×; with
-  act-order 1.108× / 1.087×) but not PTB.
+  act-order 1.108× / 1.087×; with act-scale 1.108× / 1.080×) but not PTB.
 - **Best rows against the 1.07× target**: PTB 1.061× (gptq, 4k tokens, 36 s to quantize;
-  1.064× with act-order and act-scale) — met; Botchan 1.087× (gptq with act-order, 32k
-  tokens) — not met by any of the any4 method rows. Botchan, a 1906 novel, is like neither
+  1.064× with act-order and act-scale) — met; Botchan 1.080× (gptq with act-scale, 32k
+  tokens; PTB 1.088× there) — not met by any of the any4 method rows. Botchan, a 1906 novel, is like neither
   calibration text; its gap is the out-of-domain part that error feedback, which fits the output
   error on the calibration distribution, does not close.
 - **Activation-aware scales rescue the fixed formats.** int4 goes from 1.624× / 1.786× (Botchan /
