@@ -16,7 +16,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{Acts, BLOCK, Int8Table, block_step, table_step, zero_terms};
+use std::ops::Range;
+
+use super::{Acts, BLOCK, Int8Table, PARAMS_AHEAD, Weights, block_step, table_step, zero_terms};
 
 /// [`super::int8_table`] in 16 lanes, bit-identical (`cvtps2dq` rounds ties to even, as
 /// `round_even`): called once per weight row per call when the tables are not precomputed.
@@ -63,6 +65,7 @@ pub fn int8_table(t: &[f32; 16]) -> Int8Table {
 
 /// `(Σ z·xs, Σ s·xs)` over the groups of a row, 8 lanes and a scalar tail.
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 pub fn zero_terms_avx2(z: &[f32], s: &[f32], xs: &[f32]) -> (f32, f32) {
     let n = xs.len();
     assert!(z.len() >= n && s.len() >= n, "zero_terms: lengths");
@@ -178,6 +181,7 @@ unsafe fn quantize_block(xs: &[f32; BLOCK]) -> (__m256i, f32) {
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 pub unsafe fn row_dot(
     words: &[u32],
     q: &[i8; 16],
@@ -279,5 +283,32 @@ pub unsafe fn row_dot(
                 * scales.get_unchecked(b / group_blocks);
         }
         sum
+    }
+}
+
+/// Batch 1, `cols` a multiple of [`BLOCK`]: every row in `rows` against activation row 0,
+/// written to `out[row]`, in one target-feature context so that the row kernel and the zero
+/// terms inline into the loop (see `avx512::gemv_units`), each row's parameters prefetched
+/// [`PARAMS_AHEAD`] rows ahead.
+///
+/// # Safety
+/// AVX2 and FMA; `out` valid for `g.rows` writes, the indices of `rows` written by no one
+/// else meanwhile; `a` quantized by [`quantize_acts`] for this matrix, with one activation row.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn gemv_rows(g: &Weights<'_>, a: &Acts, rows: Range<usize>, out: *mut f32) {
+    assert!(
+        a.groups == g.groups && a.xsum.len() >= a.groups,
+        "gemv_rows: activations"
+    );
+    let xs = &a.xsum[..a.groups];
+    for r in rows {
+        g.prefetch(r + PARAMS_AHEAD);
+        let (row, scale, mid, zeros) = g.row(r);
+        // SAFETY: the contract above; `row_dot` checks its lengths.
+        unsafe {
+            let dot = row_dot(row.words, row.q, a, 0, row.scales, g.group_blocks);
+            let (zx, sx) = zero_terms_avx2(zeros, row.scales, xs);
+            *out.add(r) = scale * dot + zx + mid * sx;
+        }
     }
 }

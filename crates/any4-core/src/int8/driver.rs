@@ -322,6 +322,18 @@ impl QuantizedView<'_> {
             };
             run_units(half, ROWS_PER_TASK / 2, parallel, task);
         } else {
+            #[cfg(target_arch = "x86_64")]
+            if m == 1 && k.is_multiple_of(BLOCK) && kernel.0 == Kind::Avx2 {
+                // Batch 1 (decode): whole chunks of rows in one AVX2 call.
+                let task = |c: usize| {
+                    let rows = c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(n);
+                    // SAFETY: an AVX2 kernel exists only on CPUs with AVX2 and FMA; `y` has
+                    // `n` elements and chunks own disjoint rows; `acts` is this call's.
+                    unsafe { super::avx2::gemv_rows(&w, acts, rows, out.ptr()) }
+                };
+                run_units(n.div_ceil(ROWS_PER_TASK), 1, parallel, task);
+                return;
+            }
             let task = |row: usize| {
                 w.prefetch(row + PARAMS_AHEAD);
                 self.int8_rows(kernel, &w, [row], x, acts, write)
