@@ -300,6 +300,16 @@ What the SmolLM2 rows say (group 128; dense 46.12 PTB / 28.78 Botchan):
 - **Error feedback helps the fixed formats on PTB** (nf4 1.302× → 1.250×, int4 1.786× → 1.524×,
   fp4 1.369× → 1.296×, 16k tokens) but not on Botchan (nf4 1.297×, int4 1.666×, fp4 1.363×).
   any4 with plain rounding stays ahead of every fixed format with either method.
+- **One group per row (4.42 bits), act-order matters**: plain error feedback barely moves
+  Botchan (rounding 1.147×, gptq 1.144×; PTB 1.186× → 1.103×), with act-order Botchan reaches
+  1.104× and PTB 1.087× — at 0.22 bits/weight less than group 128, close to its best rows. With
+  a single group per row the dynamic range of that group is set once from the whole row either
+  way; what act-order changes is that the large-input channels are placed first, while every
+  later column can still absorb their error.
+- **The tiny model** (trained here, held-out text of its own corpus): every error-feedback row
+  is at or below rounding on the held-out text (1.013× → 1.007–1.012× at group 128, 1.015× →
+  1.009–1.011× per row); its PTB column (perplexity ~1500, text far outside its training
+  corpus) moves both ways (0.993–1.039×) and is not a measure of quality.
 - **Cost**: quantizing SmolLM2 with `gptq` on 4k calibration tokens takes 36 s on the 2-core
   machine (16k tokens: 108–450 s, mostly the calibration forward with Gram recording, measured
   under load from other jobs); `act-scale` adds its grid search (about 1 min at 4k tokens).
