@@ -93,6 +93,20 @@ const ROWS: &[Row] = &[
         Some("gptq+act-scale"),
         Some("mix32k"),
     ),
+    (
+        "any4",
+        LLOYD,
+        "one-shot",
+        Some("gptq+act-order+act-scale"),
+        Some("mix32k"),
+    ),
+    (
+        "any4",
+        LLOYD,
+        "one-shot",
+        Some("gptq+act-scale"),
+        Some("mix64k"),
+    ),
 ];
 
 /// Rows also measured with one group per row (the per-row table of the main section).
@@ -112,6 +126,13 @@ const PER_ROW: &[Row] = &[
         "one-shot",
         Some("gptq+act-order"),
         Some("mix4k"),
+    ),
+    (
+        "any4",
+        LLOYD,
+        "one-shot",
+        Some("gptq+act-order"),
+        Some("mix32k"),
     ),
 ];
 
