@@ -20,120 +20,46 @@ type Row = (
 );
 
 const LLOYD: Option<&str> = Some("lloyd");
+const EXACT: Option<&str> = Some("exact");
+const ONE: &str = "one-shot";
+const SEQ: &str = "sequential";
+const ORDER_SCALE: Option<&str> = Some("gptq+act-order+act-scale");
 const ROWS: &[Row] = &[
-    ("any4", LLOYD, "one-shot", None, Some("mix16k")),
-    ("any4", LLOYD, "one-shot", Some("gptq"), Some("mix16k")),
-    ("any4", LLOYD, "one-shot", Some("act-scale"), Some("mix16k")),
-    (
-        "any4",
-        LLOYD,
-        "one-shot",
-        Some("gptq+act-scale"),
-        Some("mix16k"),
-    ),
-    ("nf4", None, "one-shot", Some("gptq"), Some("mix16k")),
-    ("int4", None, "one-shot", Some("gptq"), Some("mix16k")),
-    ("fp4", None, "one-shot", Some("gptq"), Some("mix16k")),
+    ("any4", LLOYD, ONE, None, Some("mix16k")),
+    ("any4", LLOYD, ONE, Some("gptq"), Some("mix16k")),
+    ("any4", LLOYD, ONE, Some("act-scale"), Some("mix16k")),
+    ("any4", LLOYD, ONE, Some("gptq+act-scale"), Some("mix16k")),
+    ("nf4", None, ONE, Some("gptq"), Some("mix16k")),
+    ("int4", None, ONE, Some("gptq"), Some("mix16k")),
+    ("fp4", None, ONE, Some("gptq"), Some("mix16k")),
     // Calibration size.
-    ("any4", LLOYD, "one-shot", Some("gptq"), None),
-    ("any4", LLOYD, "one-shot", Some("gptq"), Some("mix4k")),
-    ("any4", LLOYD, "one-shot", Some("gptq"), Some("mix32k")),
+    ("any4", LLOYD, ONE, Some("gptq"), None),
+    ("any4", LLOYD, ONE, Some("gptq"), Some("mix4k")),
+    ("any4", LLOYD, ONE, Some("gptq"), Some("mix32k")),
     // Combinations at the cheap calibration size.
-    (
-        "any4",
-        LLOYD,
-        "one-shot",
-        Some("gptq+act-scale"),
-        Some("mix4k"),
-    ),
-    (
-        "any4",
-        Some("exact"),
-        "one-shot",
-        Some("gptq"),
-        Some("mix4k"),
-    ),
-    ("any4", LLOYD, "sequential", Some("gptq"), Some("mix4k")),
-    (
-        "any4",
-        Some("exact"),
-        "sequential",
-        Some("gptq+act-scale"),
-        Some("mix4k"),
-    ),
-    ("nf4", None, "one-shot", Some("act-scale"), Some("mix16k")),
-    ("int4", None, "one-shot", Some("act-scale"), Some("mix16k")),
-    ("fp4", None, "one-shot", Some("act-scale"), Some("mix16k")),
+    ("any4", LLOYD, ONE, Some("gptq+act-scale"), Some("mix4k")),
+    ("any4", EXACT, ONE, Some("gptq"), Some("mix4k")),
+    ("any4", LLOYD, SEQ, Some("gptq"), Some("mix4k")),
+    ("any4", EXACT, SEQ, Some("gptq+act-scale"), Some("mix4k")),
+    ("nf4", None, ONE, Some("act-scale"), Some("mix16k")),
+    ("int4", None, ONE, Some("act-scale"), Some("mix16k")),
+    ("fp4", None, ONE, Some("act-scale"), Some("mix16k")),
     // Act-order (static groups).
-    (
-        "any4",
-        LLOYD,
-        "one-shot",
-        Some("gptq+act-order"),
-        Some("mix4k"),
-    ),
-    (
-        "any4",
-        LLOYD,
-        "one-shot",
-        Some("gptq+act-order+act-scale"),
-        Some("mix4k"),
-    ),
-    (
-        "any4",
-        LLOYD,
-        "one-shot",
-        Some("gptq+act-order"),
-        Some("mix32k"),
-    ),
-    (
-        "any4",
-        LLOYD,
-        "one-shot",
-        Some("gptq+act-scale"),
-        Some("mix32k"),
-    ),
-    (
-        "any4",
-        LLOYD,
-        "one-shot",
-        Some("gptq+act-order+act-scale"),
-        Some("mix32k"),
-    ),
-    (
-        "any4",
-        LLOYD,
-        "one-shot",
-        Some("gptq+act-scale"),
-        Some("mix64k"),
-    ),
+    ("any4", LLOYD, ONE, Some("gptq+act-order"), Some("mix4k")),
+    ("any4", LLOYD, ONE, ORDER_SCALE, Some("mix4k")),
+    ("any4", LLOYD, ONE, Some("gptq+act-order"), Some("mix32k")),
+    ("any4", LLOYD, ONE, Some("gptq+act-scale"), Some("mix32k")),
+    ("any4", LLOYD, ONE, ORDER_SCALE, Some("mix32k")),
+    ("any4", LLOYD, ONE, Some("gptq+act-scale"), Some("mix64k")),
 ];
 
 /// Rows also measured with one group per row (the per-row table of the main section).
 const PER_ROW: &[Row] = &[
-    ("any4", LLOYD, "one-shot", Some("gptq"), Some("mix4k")),
-    (
-        "any4",
-        LLOYD,
-        "one-shot",
-        Some("gptq+act-order"),
-        Some("mix4k"),
-    ),
-    ("any4", LLOYD, "one-shot", Some("act-scale"), Some("mix4k")),
-    (
-        "nf4",
-        None,
-        "one-shot",
-        Some("gptq+act-order"),
-        Some("mix4k"),
-    ),
-    (
-        "any4",
-        LLOYD,
-        "one-shot",
-        Some("gptq+act-order"),
-        Some("mix32k"),
-    ),
+    ("any4", LLOYD, ONE, Some("gptq"), Some("mix4k")),
+    ("any4", LLOYD, ONE, Some("gptq+act-order"), Some("mix4k")),
+    ("any4", LLOYD, ONE, Some("act-scale"), Some("mix4k")),
+    ("nf4", None, ONE, Some("gptq+act-order"), Some("mix4k")),
+    ("any4", LLOYD, ONE, Some("gptq+act-order"), Some("mix32k")),
 ];
 
 /// The method settings, with their group size (`128` or `per-row`).
