@@ -231,11 +231,14 @@ What the SmolLM2 rows say (group 128; dense 46.12 PTB / 28.78 Botchan):
   (PTB 1.061× vs 1.095×), one-shot vs sequential calibration (1.061× vs 1.094×), adding
   act-order (1.083×). A single row's rank inside the band is therefore not a finding; what holds
   across rows is that error feedback with ≥ 4k tokens is 2–7% better than rounding, and that
-  more calibration text helps Botchan (gptq at 4k / 32k tokens: 1.102× / 1.089×; with
-  act-order 1.108× / 1.087×; with act-scale 1.108× / 1.080×) but not PTB.
+  more calibration text helps Botchan from 4k to 32k tokens (gptq 1.102× → 1.089×; with
+  act-order 1.108× → 1.087×; with act-scale 1.108× → 1.080×) but not beyond (act-scale at 64k:
+  1.098×), and not PTB.
 - **Best rows against the 1.07× target**: PTB 1.061× (gptq, 4k tokens, 36 s to quantize;
   1.064× with act-order and act-scale) — met; Botchan 1.080× (gptq with act-scale, 32k
-  tokens; PTB 1.088× there) — not met by any of the any4 method rows. Botchan, a 1906 novel, is like neither
+  tokens; PTB 1.088× there) — not met by any of the any4 method rows. The best row on both
+  texts together is gptq with act-order and act-scale on 32k tokens: Botchan 1.081×, PTB
+  1.064×. Botchan, a 1906 novel, is like neither
   calibration text; its gap is the out-of-domain part that error feedback, which fits the output
   error on the calibration distribution, does not close.
 - **Activation-aware scales rescue the fixed formats.** int4 goes from 1.624× / 1.786× (Botchan /
