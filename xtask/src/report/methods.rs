@@ -234,11 +234,11 @@ What the SmolLM2 rows say (group 128; dense 46.12 PTB / 28.78 Botchan):
   more calibration text helps Botchan from 4k to 32k tokens (gptq 1.102× → 1.089×; with
   act-order 1.108× → 1.087×; with act-scale 1.108× → 1.080×) but not beyond (act-scale at 64k:
   1.098×), and not PTB.
-- **Best rows against the 1.07× target**: PTB 1.061× (gptq, 4k tokens, 36 s to quantize;
-  1.064× with act-order and act-scale) — met; Botchan 1.080× (gptq with act-scale, 32k
-  tokens; PTB 1.088× there) — not met by any of the any4 method rows. The best row on both
-  texts together is gptq with act-order and act-scale on 32k tokens: Botchan 1.081×, PTB
-  1.064×. Botchan, a 1906 novel, is like neither
+- **Best rows against the 1.07× target** (group 128): PTB 1.061× (gptq, 4k tokens, 36 s to
+  quantize; 1.064× with act-order and act-scale) — met; Botchan 1.080× (gptq with act-scale,
+  32k tokens; PTB 1.088× there) — not met by any of the any4 method rows. The best group-128
+  row on both texts together is gptq with act-order and act-scale on 32k tokens: Botchan
+  1.081×, PTB 1.064×; per row, act-order on 32k tokens gives 1.080× / 1.051× (below). Botchan, a 1906 novel, is like neither
   calibration text; its gap is the out-of-domain part that error feedback, which fits the output
   error on the calibration distribution, does not close.
 - **Activation-aware scales rescue the fixed formats.** int4 goes from 1.624× / 1.786× (Botchan /
@@ -250,9 +250,11 @@ What the SmolLM2 rows say (group 128; dense 46.12 PTB / 28.78 Botchan):
 - **Error feedback helps the fixed formats on PTB** (nf4 1.302× → 1.250×, int4 1.786× → 1.524×,
   fp4 1.369× → 1.296×, 16k tokens) but not on Botchan (nf4 1.297×, int4 1.666×, fp4 1.363×).
   any4 with plain rounding stays ahead of every fixed format with either method.
-- **One group per row (4.42 bits), act-order matters**: plain error feedback barely moves
-  Botchan (rounding 1.147×, gptq 1.144×; PTB 1.186× → 1.103×), with act-order Botchan reaches
-  1.104× and PTB 1.087× — at 0.22 bits/weight less than group 128, close to its best rows. With
+- **One group per row (4.42 bits), act-order matters**: at 4k tokens plain error feedback
+  barely moves Botchan (rounding 1.147×, gptq 1.144×; PTB 1.186× → 1.103×), with act-order
+  Botchan reaches 1.104× and PTB 1.087×; with act-order on 32k tokens **Botchan 1.080×, PTB
+  1.051×** — the best PTB row of all and Botchan equal to the best group-128 row, at 0.22
+  bits/weight less than group 128. With
   a single group per row the dynamic range of that group is set once from the whole row either
   way; what act-order changes is that the large-input channels are placed first, while every
   later column can still absorb their error.
