@@ -225,7 +225,8 @@ What the SmolLM2 rows say (group 128; dense 46.12 PTB / 28.78 Botchan):
   built-in prompt alone (330 tokens, so the Gram matrices of the 576- and 1536-wide inputs have
   rank ≤ 330) it is worse than rounding (PTB 1.174×, Botchan 1.182×); from 4k tokens on, with damping 0.1,
   it beats rounding on both texts.
-- **With error feedback and 4k–32k calibration tokens, every combination lands in one band**:
+- **At group 128, with error feedback and 4k–32k calibration tokens, every combination lands
+  in one band**:
   Botchan 1.080–1.121×, PTB 1.061–1.102×. Inside it, choices that should be near-equivalent
   move the result as much as the methods do: at 4k tokens, k-means++ vs the exact DP tables
   (PTB 1.061× vs 1.095×), one-shot vs sequential calibration (1.061× vs 1.094×), adding
