@@ -60,6 +60,7 @@ const PER_ROW: &[Row] = &[
     ("any4", LLOYD, ONE, Some("act-scale"), Some("mix4k")),
     ("nf4", None, ONE, Some("gptq+act-order"), Some("mix4k")),
     ("any4", LLOYD, ONE, Some("gptq+act-order"), Some("mix32k")),
+    ("any4", LLOYD, ONE, ORDER_SCALE, Some("mix32k")),
 ];
 
 /// The method settings, with their group size (`128` or `per-row`).
