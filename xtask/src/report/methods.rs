@@ -256,7 +256,7 @@ What the SmolLM2 rows say (group 128; dense 46.12 PTB / 28.78 Botchan):
   barely moves Botchan (rounding 1.147×, gptq 1.144×; PTB 1.186× → 1.103×), with act-order
   Botchan reaches 1.104× and PTB 1.087×; with act-order on 32k tokens **Botchan 1.080×, PTB
   1.051×** — the best PTB row of all and Botchan equal to the best group-128 row, at 0.22
-  bits/weight less than group 128. With
+  bits/weight less than group 128 (adding act-scale there gives 1.090× / 1.062×). With
   a single group per row the dynamic range of that group is set once from the whole row either
   way; what act-order changes is that the large-input channels are placed first, while every
   later column can still absorb their error.
