@@ -242,11 +242,14 @@ impl Out {
 /// Rows per task (claimed from a shared counter, or at least that many per rayon task).
 const ROWS_PER_TASK: usize = 16;
 
-/// Multiply-adds below which a call stays on the calling thread (2¹⁹: 256 KB of codes at batch
-/// 1). Measured on the shared 2-core EPYC VM: 512² at batch 1 runs in ~15 µs on one thread,
-/// about what handing work to a sleeping worker and waiting for it cost; 1024² gains from a
-/// second core. More activation rows mean more work per weight byte, so batches split sooner.
-const PARALLEL_MIN_INT8_MACS: usize = 1 << 19;
+/// Multiply-adds below which a call stays on the calling thread (2¹⁶: 32 KB of codes at batch
+/// 1). With the batch-1 loops a 576² call takes ~9 µs on one thread and ~6.5 µs on two; more
+/// than that, a decode step whose small projections stay on one thread lets the other worker
+/// fall asleep, and the next large call pays for waking it (SmolLM2's gate_proj: 26 µs after
+/// single-threaded calls, 13.5 µs when the calls before it were shared). Measured on the 2-core
+/// EPYC VM, SmolLM2-135M decode on Flex: 252–256 → 283–308 tokens/s (2¹⁹ → 2¹⁶), at ~5% fewer
+/// tokens per CPU-second (the second worker spins between calls instead of sleeping).
+const PARALLEL_MIN_INT8_MACS: usize = 1 << 16;
 
 impl QuantizedView<'_> {
     /// `y = x · Wᵀ` on the int8 path (module docs of [`MatmulPrecision`](crate::MatmulPrecision))
