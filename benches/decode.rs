@@ -256,6 +256,11 @@ fn cpu_seconds() -> Option<f64> {
 /// Tokens/s: wall clock, and per CPU-second when [`cpu_seconds`] is available.
 type Speed = (f64, Option<f64>);
 
+/// Least CPU time a per-CPU-second figure is computed from: [`cpu_seconds`] counts 10 ms ticks,
+/// so a run shorter than this (the tiny model's decode takes ~15 ms) would report a multiple of
+/// the tick instead of a measurement; such figures are left out (`—`).
+const MIN_CPU_SECONDS: f64 = 0.5;
+
 /// Decode tokens/s: exactly `args.tokens` timed single-token steps after the prompt (CPU time
 /// from the first generated token, as `generate` times wall time).
 fn decode(model: &Llama, args: &Args) -> Result<Speed, String> {
@@ -270,7 +275,7 @@ fn decode(model: &Llama, args: &Args) -> Result<Speed, String> {
     })
     .map_err(|e| e.to_string())?;
     let cpu = match (cpu_start.flatten(), cpu_seconds()) {
-        (Some(a), Some(b)) if b > a => Some(args.tokens as f64 / (b - a)),
+        (Some(a), Some(b)) if b - a >= MIN_CPU_SECONDS => Some(args.tokens as f64 / (b - a)),
         _ => None,
     };
     Ok((g.tokens_per_second, cpu))
@@ -287,7 +292,7 @@ fn prefill(model: &Llama, args: &Args) -> Speed {
     let _ = logits.argmax(1).into_data();
     let wall = args.prefill as f64 / start.elapsed().as_secs_f64();
     let cpu = match (cpu_start, cpu_seconds()) {
-        (Some(a), Some(b)) if b > a => Some(args.prefill as f64 / (b - a)),
+        (Some(a), Some(b)) if b - a >= MIN_CPU_SECONDS => Some(args.prefill as f64 / (b - a)),
         _ => None,
     };
     (wall, cpu)
