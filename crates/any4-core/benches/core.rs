@@ -22,11 +22,7 @@ fn main() {
 fn student_t(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
     let mut r = SplitMix64::new(seed);
     (0..rows * cols)
-        .map(|_| {
-            let z = r.next_gaussian();
-            let chi2: f64 = (0..4).map(|_| r.next_gaussian().powi(2)).sum();
-            (0.02 * z / (chi2 / 4.0).sqrt()) as f32
-        })
+        .map(|_| (0.02 * r.next_student_t(4)) as f32)
         .collect()
 }
 

@@ -38,4 +38,12 @@ impl SplitMix64 {
         let u2 = self.next_f64();
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
+
+    /// A Student-t sample with `nu` degrees of freedom (a normal over the root of a χ²/ν), for
+    /// tests and benches: heavier-tailed than a normal, as LLM weights are.
+    pub fn next_student_t(&mut self, nu: u32) -> f64 {
+        let z = self.next_gaussian();
+        let chi2: f64 = (0..nu).map(|_| self.next_gaussian().powi(2)).sum();
+        z / (chi2 / nu as f64).sqrt()
+    }
 }

@@ -14,14 +14,10 @@ fn gaussian(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Student-t with `nu` degrees of freedom (heavy tails, like real LLM weights).
-fn student_t(rows: usize, cols: usize, nu: usize, seed: u64) -> Vec<f32> {
+fn student_t(rows: usize, cols: usize, nu: u32, seed: u64) -> Vec<f32> {
     let mut r = SplitMix64::new(seed);
     (0..rows * cols)
-        .map(|_| {
-            let z = r.next_gaussian();
-            let chi2: f64 = (0..nu).map(|_| r.next_gaussian().powi(2)).sum();
-            (0.02 * z / (chi2 / nu as f64).sqrt()) as f32
-        })
+        .map(|_| (0.02 * r.next_student_t(nu)) as f32)
         .collect()
 }
 

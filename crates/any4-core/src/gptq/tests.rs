@@ -37,11 +37,7 @@ fn tokens_of(t: usize, k: usize, seed: u64, draw: u64) -> Vec<f32> {
 fn weights(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
     let mut r = SplitMix64::new(seed);
     (0..rows * cols)
-        .map(|_| {
-            let z = r.next_gaussian();
-            let chi2: f64 = (0..4).map(|_| r.next_gaussian().powi(2)).sum();
-            (0.02 * z / (chi2 / 4.0).sqrt()) as f32
-        })
+        .map(|_| (0.02 * r.next_student_t(4)) as f32)
         .collect()
 }
 
