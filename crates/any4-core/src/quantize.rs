@@ -159,17 +159,7 @@ impl RowContext<'_> {
         // 1. Per-group scale and zero, rounded to the stored precision first so that the codes
         //    are chosen against exactly the parameters that will be stored.
         for (g, chunk) in w.chunks(self.group).enumerate() {
-            let (s, z) = group_params(chunk, domain, dtype);
-            for (what, value) in [("scale", s), ("zero", z)] {
-                if !value.is_finite() {
-                    return Err(Error::InvalidParameter {
-                        what,
-                        row,
-                        index: g,
-                        value,
-                    });
-                }
-            }
+            let (s, z) = group_params(chunk, domain, dtype, row, g)?;
             scales[g] = s;
             zeros[g] = z;
         }
@@ -221,8 +211,31 @@ pub(crate) fn learn_table(
     })
 }
 
+/// [`raw_group_params`] of group `g` of `row`, refusing a non-finite scale or zero (naming the
+/// row and group).
+pub(crate) fn group_params(
+    chunk: &[f32],
+    domain: Domain,
+    dtype: ParamDtype,
+    row: usize,
+    g: usize,
+) -> Result<(f32, f32)> {
+    let (s, z) = raw_group_params(chunk, domain, dtype);
+    for (what, value) in [("scale", s), ("zero", z)] {
+        if !value.is_finite() {
+            return Err(Error::InvalidParameter {
+                what,
+                row,
+                index: g,
+                value,
+            });
+        }
+    }
+    Ok((s, z))
+}
+
 /// `(scale, zero)` of one group, rounded to `dtype` (scale kept strictly positive).
-pub(crate) fn group_params(chunk: &[f32], domain: Domain, dtype: ParamDtype) -> (f32, f32) {
+fn raw_group_params(chunk: &[f32], domain: Domain, dtype: ParamDtype) -> (f32, f32) {
     let round_scale = |s: f32| dtype.round(s).max(dtype.min_positive());
     match domain {
         Domain::Range { lo, hi } => {

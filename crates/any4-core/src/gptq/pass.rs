@@ -2,7 +2,7 @@
 //! [`crate::gptq`] for the math).
 
 use crate::config::{Any4Config, ParamDtype};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kmeans;
 use crate::levels::{self, Domain};
 use crate::linalg::{Strided, gemm_into};
@@ -190,18 +190,7 @@ impl<'a> Pass<'a> {
 
     /// A group's `(scale, zero)` in the stored dtype, refusing non-finite results.
     fn params(&self, chunk: &[f32], row: usize, g: usize) -> Result<(f32, f32)> {
-        let (s, z) = group_params(chunk, self.domain, self.dtype);
-        for (what, value) in [("scale", s), ("zero", z)] {
-            if !value.is_finite() {
-                return Err(Error::InvalidParameter {
-                    what,
-                    row,
-                    index: g,
-                    value,
-                });
-            }
-        }
-        Ok((s, z))
+        group_params(chunk, self.domain, self.dtype, row, g)
     }
 
     /// The pass proper: columns in blocks of [`BLOCK`], errors fed forward through `R`.

@@ -57,6 +57,16 @@ pub fn fit(
             lloyd::run(&points, start, cfg.max_iter(), cfg.tol() as f64, None)
         }
     };
+    finish(values, weights, &centroids, iterations)
+}
+
+/// The fit of solver output `centroids`: as f32, ascending, with its objective on `values`.
+fn finish(
+    values: &[f32],
+    weights: Option<&[f32]>,
+    centroids: &[f64],
+    iterations: u32,
+) -> KMeansFit {
     let mut centroids: Vec<f32> = centroids.iter().map(|&c| c as f32).collect();
     centroids.sort_by(f32::total_cmp);
     KMeansFit {
@@ -84,13 +94,7 @@ pub fn refine(
     let start = start.iter().map(|&c| c as f64).collect();
     let (centroids, iterations) =
         lloyd::run(&points, start, cfg.max_iter(), cfg.tol() as f64, None);
-    let mut centroids: Vec<f32> = centroids.iter().map(|&c| c as f32).collect();
-    centroids.sort_by(f32::total_cmp);
-    KMeansFit {
-        objective: objective(values, weights, &centroids),
-        centroids,
-        iterations,
-    }
+    finish(values, weights, &centroids, iterations)
 }
 
 /// `Σ_j w_j · min_c (x_j − c)²`, the quantity k-means minimises (f64 accumulation).
