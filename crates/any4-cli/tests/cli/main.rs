@@ -15,6 +15,20 @@ fn any4(args: &[&str]) -> Output {
         .expect("run the any4 binary")
 }
 
+/// `any4 quantize --model MODEL --out OUT` followed by `extra`.
+fn quantize(model: impl AsRef<Path>, out: impl AsRef<Path>, extra: &[&str]) -> Output {
+    let (model, out) = (model.as_ref(), out.as_ref());
+    let mut args = vec![
+        "quantize",
+        "--model",
+        model.to_str().expect("UTF-8 test path"),
+        "--out",
+        out.to_str().expect("UTF-8 test path"),
+    ];
+    args.extend_from_slice(extra);
+    any4(&args)
+}
+
 fn tiny_llama() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-llama")
 }
@@ -46,17 +60,7 @@ fn quantize_inspect_generate_eval_round_trip() {
     let out = std::env::temp_dir().join(format!("any4-cli-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let model = tiny_llama();
-    let o = any4(&[
-        "quantize",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--format",
-        "any4",
-        "--group-size",
-        "128",
-    ]);
+    let o = quantize(&model, &out, &["--format", "any4", "--group-size", "128"]);
     assert!(o.status.success(), "quantize failed: {}", stderr(&o));
     assert!(stdout(&o).contains("layers quantized"), "{}", stdout(&o));
     for f in ["model.safetensors", "config.json", "tokenizer.json"] {
@@ -138,18 +142,11 @@ fn dequantize_gives_a_dense_model_with_the_same_perplexity() {
     // Re-quantizing the dense folder works; to int4 at the same group size it lands back on
     // (nearly) the same lattice.
     let requant = dir.join("requant");
-    let o = any4(&[
-        "quantize",
-        "--model",
-        dense.to_str().unwrap(),
-        "--out",
-        requant.to_str().unwrap(),
-        "--format",
-        "int4",
-        "--calib-tokens",
-        "8",
-        "--json",
-    ]);
+    let o = quantize(
+        &dense,
+        &requant,
+        &["--format", "int4", "--calib-tokens", "8", "--json"],
+    );
     assert!(o.status.success(), "re-quantize failed: {}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("quantize --json is JSON");
     assert_eq!(v["layers"], 42, "{v}");
@@ -209,15 +206,7 @@ fn errors_are_one_line_with_a_nonzero_exit() {
     let o = any4(&["quantize", "--model", "m", "--out", "o", "--format", "any5"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("any5"), "{}", stderr(&o));
-    let o = any4(&[
-        "quantize",
-        "--model",
-        "m",
-        "--out",
-        "o",
-        "--group-size",
-        "100",
-    ]);
+    let o = quantize("m", "o", &["--group-size", "100"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("unsupported group size 100"),
@@ -296,17 +285,11 @@ fn any4_fixture() -> &'static Path {
             .join(format!("any4-cli-fixture-{}", std::process::id()))
             .join("int4");
         let _ = std::fs::remove_dir_all(&dir);
-        let o = any4(&[
-            "quantize",
-            "--model",
-            tiny_llama().to_str().unwrap(),
-            "--out",
-            dir.to_str().unwrap(),
-            "--format",
-            "int4",
-            "--calib-tokens",
-            "8",
-        ]);
+        let o = quantize(
+            tiny_llama(),
+            &dir,
+            &["--format", "int4", "--calib-tokens", "8"],
+        );
         assert!(
             o.status.success(),
             "fixture quantize failed: {}",
@@ -488,15 +471,7 @@ fn damaged_inputs_fail_with_one_line_naming_the_file() {
     hf_copy(&d.join("inf"), |t| {
         poke(t, "model.embed_tokens.weight", 130, f32::INFINITY)
     });
-    let o = any4(&[
-        "quantize",
-        "--model",
-        &p("inf"),
-        "--out",
-        &p("inf-out"),
-        "--format",
-        "int4",
-    ]);
+    let o = quantize(p("inf"), p("inf-out"), &["--format", "int4"]);
     assert_one_line_error(
         &o,
         "`embed_tokens.weight` has a non-finite value (inf) at row 1, column 2",
@@ -506,13 +481,7 @@ fn damaged_inputs_fail_with_one_line_naming_the_file() {
     // An unwritable output folder. Tests run as root, for whom a read-only mode does not stop
     // writes, so the honest stand-in is a path that cannot be a folder: its parent is a file.
     std::fs::write(d.join("file"), b"x").unwrap();
-    let o = any4(&[
-        "quantize",
-        "--model",
-        tiny_llama().to_str().unwrap(),
-        "--out",
-        &p("file/out"),
-    ]);
+    let o = quantize(tiny_llama(), p("file/out"), &[]);
     assert_one_line_error(&o, "file/out: cannot create the output folder: ");
     assert!(
         stderr(&o).contains("file is not a folder"),
@@ -627,27 +596,10 @@ fn streamed_quantize_matches_in_memory_and_respects_max_memory() {
         }
     }
     let refused = root.join("refused");
-    let o = any4(&[
-        "quantize",
-        "--model",
-        m,
-        "--out",
-        refused.to_str().unwrap(),
-        "--stream",
-        "--max-memory",
-        "1M",
-    ]);
+    let o = quantize(m, &refused, &["--stream", "--max-memory", "1M"]);
     assert_one_line_error(&o, "over --max-memory");
     assert!(!refused.exists());
-    let o = any4(&[
-        "quantize",
-        "--model",
-        m,
-        "--out",
-        refused.to_str().unwrap(),
-        "--max-memory",
-        "lots",
-    ]);
+    let o = quantize(m, &refused, &["--max-memory", "lots"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     // Streaming needs safetensors: a GGUF file is refused with the reason.
     let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-gguf");
@@ -657,14 +609,7 @@ fn streamed_quantize_matches_in_memory_and_respects_max_memory() {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "gguf"))
         .expect("a GGUF fixture");
-    let o = any4(&[
-        "quantize",
-        "--model",
-        file.to_str().unwrap(),
-        "--out",
-        refused.to_str().unwrap(),
-        "--stream",
-    ]);
+    let o = quantize(&file, &refused, &["--stream"]);
     assert_one_line_error(&o, "--stream needs an HF folder");
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -5,17 +5,7 @@ use super::*;
 
 /// `quantize --json` with `extra` flags into `out`; the JSON summary.
 fn quantize_json(out: &Path, extra: &[&str]) -> serde_json::Value {
-    let model = tiny_llama();
-    let mut args = vec![
-        "quantize",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let o = any4(&args);
+    let o = quantize(tiny_llama(), out, &[&["--json"], extra].concat());
     assert!(o.status.success(), "quantize {extra:?}: {}", stderr(&o));
     serde_json::from_slice(&o.stdout).expect("quantize --json is JSON")
 }
@@ -109,30 +99,19 @@ fn calibration_errors_are_one_line() {
     std::fs::write(&short, "a few words\n").unwrap();
     let model = tiny_llama();
     let out = root.join("out");
-    let o = any4(&[
-        "quantize",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--calib-file",
-        short.to_str().unwrap(),
-        "--calib-tokens",
-        "512",
-    ]);
+    let o = quantize(
+        &model,
+        &out,
+        &[
+            "--calib-file",
+            short.to_str().unwrap(),
+            "--calib-tokens",
+            "512",
+        ],
+    );
     assert_error_after_load(&o, "short.txt: too short");
     assert!(!out.exists());
-    let o = any4(&[
-        "quantize",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--method",
-        "gptq",
-        "--gram-budget-mb",
-        "0",
-    ]);
+    let o = quantize(&model, &out, &["--method", "gptq", "--gram-budget-mb", "0"]);
     assert_error_after_load(&o, "raise the budget");
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&root);

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{any4, any4_fixture, assert_one_line_error, copy_dir, scratch, stderr, tiny_llama};
+use super::{
+    any4, any4_fixture, assert_one_line_error, copy_dir, quantize, scratch, stderr, tiny_llama,
+};
 
 /// Name → bytes of every file of `dir` (not recursive).
 fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -66,14 +68,7 @@ fn outputs_that_would_replace_the_input_are_refused() {
     std::fs::create_dir_all(&gguf_dir).unwrap();
     let gguf = gguf_dir.join("q8.gguf");
     std::fs::copy(tiny_llama().join("../tiny-gguf/tiny-gguf-q8_0.gguf"), &gguf).unwrap();
-    let o = any4(&[
-        "quantize",
-        "--model",
-        gguf.to_str().unwrap(),
-        "--out",
-        gguf_dir.to_str().unwrap(),
-        "--force",
-    ]);
+    let o = quantize(&gguf, &gguf_dir, &["--force"]);
     assert_one_line_error(&o, "contains the input");
     // The calibration text is an input too.
     let o = any4(&[
@@ -147,27 +142,15 @@ fn any4_folders_are_replaced_whole_and_not_requantized() {
     let d = scratch("replace");
     let out = d.join("out");
     copy_dir(any4_fixture(), &out);
-    let o = any4(&[
-        "quantize",
-        "--model",
-        any4_fixture().to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = quantize(any4_fixture(), &out, &[]);
     assert_one_line_error(&o, "already quantized (42 layers in int4, group 128)");
     assert!(stderr(&o).contains("any4 dequantize"), "{}", stderr(&o));
 
-    let o = any4(&[
-        "quantize",
-        "--model",
-        tiny_llama().to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--format",
-        "nf4",
-        "--calib-tokens",
-        "8",
-    ]);
+    let o = quantize(
+        tiny_llama(),
+        &out,
+        &["--format", "nf4", "--calib-tokens", "8"],
+    );
     assert!(o.status.success(), "quantize failed: {}", stderr(&o));
     assert_eq!(
         names(&out),
