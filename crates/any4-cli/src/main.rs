@@ -375,6 +375,20 @@ fn cmd_quantize(a: QuantizeArgs, device: &Device) -> AnyResult<()> {
     if a.symmetric {
         any4 = any4.with_scaling(Scaling::Symmetric);
     }
+    // Error feedback's switches do nothing under round-to-nearest: say so rather than ignore them.
+    if a.method != "gptq" {
+        for (on, flag) in [
+            (a.act_order, "--act-order"),
+            (a.static_groups, "--static-groups"),
+            (a.no_refit, "--no-refit"),
+        ] {
+            if on {
+                return Err(
+                    format!("{flag} is an option of error feedback: add --method gptq").into(),
+                );
+            }
+        }
+    }
     let method = match a.method.as_str() {
         "gptq" => Method::Gptq(
             GptqConfig::default()

@@ -213,6 +213,13 @@ fn errors_are_one_line_with_a_nonzero_exit() {
         "{}",
         stderr(&o)
     );
+    // An error-feedback switch without error feedback is refused, not ignored.
+    let o = quantize(tiny_llama(), "o", &["--act-order"]);
+    assert_one_line_error(
+        &o,
+        "--act-order is an option of error feedback: add --method gptq",
+    );
+    assert!(!Path::new("o").exists());
 }
 
 // ---------------------------------------------------------------------------------------------
