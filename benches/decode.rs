@@ -13,7 +13,10 @@
 //!
 //! Measures, alternating dense and any4 so drift hits both alike, median over `--repeats`:
 //! - decode: tokens/s of `--tokens` single-token steps (greedy, device-side argmax, one id read
-//!   back per token) after a `--prompt`-token prompt;
+//!   back per token) after a `--prompt`-token prompt, as `generate` runs them: on a device that
+//!   records graphs (CUDA, ROCm, wgpu) the step is recorded once and replayed, and the same
+//!   decode is also measured as ordinary steps ("decode, no capture"): the difference is the
+//!   per-token host work the replay removes;
 //! - prefill: tokens/s of one forward over a fresh `--prefill`-token prompt (logits of the last
 //!   position only, as generation needs), timed until the chosen token is read back.
 //!
@@ -262,11 +265,13 @@ type Speed = (f64, Option<f64>);
 const MIN_CPU_SECONDS: f64 = 0.5;
 
 /// Decode tokens/s: exactly `args.tokens` timed single-token steps after the prompt (CPU time
-/// from the first generated token, as `generate` times wall time).
-fn decode(model: &Llama, args: &Args) -> Result<Speed, String> {
+/// from the first generated token, as `generate` times wall time), recorded and replayed where
+/// the device allows and `capture` (see [`GenerateConfig::capture`]).
+fn decode(model: &Llama, args: &Args, capture: bool) -> Result<Speed, String> {
     let prompt = random_ids(args.prompt.max(1), model.config.vocab_size, 1);
     let cfg = GenerateConfig {
         max_new_tokens: args.tokens + 1,
+        capture,
         ..GenerateConfig::default()
     };
     let mut cpu_start = None;
@@ -274,6 +279,9 @@ fn decode(model: &Llama, args: &Args) -> Result<Speed, String> {
         cpu_start = cpu_start.or_else(|| Some(cpu_seconds()));
     })
     .map_err(|e| e.to_string())?;
+    if capture && any4_burn::records_graphs(&model.device()) && !g.captured {
+        return Err("the device records graphs but the decode steps were not replayed".into());
+    }
     let cpu = match (cpu_start.flatten(), cpu_seconds()) {
         (Some(a), Some(b)) if b - a >= MIN_CPU_SECONDS => Some(args.tokens as f64 / (b - a)),
         _ => None,
@@ -297,6 +305,9 @@ fn prefill(model: &Llama, args: &Args) -> Speed {
     };
     (wall, cpu)
 }
+
+/// The `what` of decode measured as ordinary steps on a device that records graphs.
+const NO_CAPTURE: &str = "decode, no capture";
 
 /// One measured figure.
 struct Record {
@@ -326,20 +337,28 @@ fn measure(s: &Subject, args: &Args, out: &mut Vec<Record>) -> Result<(), String
             prefill: args.prefill.min(64),
             ..args.clone()
         };
-        decode(m, &short)?;
+        decode(m, &short, true)?;
         if args.prefill > 0 {
             prefill(m, &short);
         }
     }
+    // On a device that records graphs, also the ordinary steps (what the replay saves).
+    let graphs = any4_burn::records_graphs(&s.any4.device());
     let mut dec = vec![Vec::new(); models.len()];
+    let mut steps = vec![Vec::new(); models.len()];
     let mut pre = vec![Vec::new(); models.len()];
     let mut dec_ops = vec![Vec::new(); models.len()];
     let mut pre_ops = vec![Vec::new(); models.len()];
+    let mut steps_ops = vec![Vec::new(); models.len()];
     for _ in 0..args.repeats {
         for (i, (_, m)) in models.iter().enumerate() {
             timing::take();
-            dec[i].push(decode(m, args)?);
+            dec[i].push(decode(m, args, true)?);
             dec_ops[i].push(timing::take());
+            if graphs {
+                steps[i].push(decode(m, args, false)?);
+                steps_ops[i].push(timing::take());
+            }
             if args.prefill > 0 {
                 pre[i].push(prefill(m, args));
                 pre_ops[i].push(timing::take());
@@ -363,12 +382,19 @@ fn measure(s: &Subject, args: &Args, out: &mut Vec<Record>) -> Result<(), String
             })
         };
         push("decode", &dec[i]);
+        if graphs {
+            push(NO_CAPTURE, &steps[i]);
+        }
         if args.prefill > 0 {
             push("prefill", &pre[i]);
         }
         if args.breakdown {
             let what = format!("decode ({} tokens after {})", args.tokens, args.prompt);
             print_breakdown(&s.name, w, &what, &dec_ops[i], args.tokens + 1);
+            if graphs {
+                let what = format!("{what}, no capture");
+                print_breakdown(&s.name, w, &what, &steps_ops[i], args.tokens + 1);
+            }
             if args.prefill > 0 {
                 let what = format!("prefill of {}", args.prefill);
                 print_breakdown(&s.name, w, &what, &pre_ops[i], args.prefill);
@@ -565,8 +591,8 @@ fn write_json(
             serde_json::json!({"backend": args.backend, "device": format!("{device:?}"),
                 "model": r.model, "weights": r.weights, "what": r.what,
                 "lm_head_quantized": args.lm_head, "tensor_ops": args.tensor_ops,
-                "prompt_tokens": if r.what == "decode" { args.prompt } else { args.prefill },
-                "tokens": if r.what == "decode" { args.tokens } else { args.prefill },
+                "prompt_tokens": if r.what == "prefill" { args.prefill } else { args.prompt },
+                "tokens": if r.what == "prefill" { args.prefill } else { args.tokens },
                 "tokens_per_s": r.tokens_per_s, "runs": r.runs,
                 "cpu_tokens_per_s": r.cpu_tokens_per_s, "cpu_runs": r.cpu_runs,
                 "linear_mb": r.linear_mb, "threads": threads,

@@ -30,6 +30,27 @@ pub fn device_from_name(name: &str) -> Result<Device> {
     }
 }
 
+/// Whether `device` records a launch sequence once and replays it as one dispatch
+/// (`burn::tensor::capture`): CUDA and HIP graphs, wgpu's recorded passes. Flex and CubeCL's CPU
+/// runtime have no graphs (a capture there only re-runs the closure), so callers keep their
+/// ordinary path on them.
+pub fn records_graphs(device: &Device) -> bool {
+    #[allow(unused_imports)]
+    use burn::backend::DispatchDevice;
+    match device.clone().without_autodiff().as_dispatch() {
+        #[cfg(feature = "cube")]
+        DispatchDevice::Cube(cube) => {
+            use burn_cubecl::cubecl::RuntimeId;
+            matches!(
+                cube.runtime(),
+                RuntimeId::Cuda | RuntimeId::Hip | RuntimeId::Wgpu
+            )
+        }
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,6 +58,7 @@ mod tests {
     #[test]
     fn names_map_to_devices_or_say_what_is_missing() {
         assert!(device_from_name("flex").is_ok());
+        assert!(!records_graphs(&device_from_name("flex").expect("flex")));
         let unknown = device_from_name("tpu").expect_err("unknown").to_string();
         assert_eq!(
             unknown,

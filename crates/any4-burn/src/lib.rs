@@ -48,7 +48,7 @@ pub use checkpoint::{
     PlannedTensor, SCHEMA_VERSION, bytes_to_f32, check_finite, checkpoint_tensor_names,
     is_any4_checkpoint, read_any4_header, save, write_checkpoint_streaming,
 };
-pub use device::{BACKENDS, device_from_name};
+pub use device::{BACKENDS, device_from_name, records_graphs};
 pub use error::{Error, Result};
 pub use extension::{Any4Backend, Any4WeightPrimitive};
 pub use linear::{

@@ -285,6 +285,10 @@ struct GenerateArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run every greedy step as ordinary forwards, without recording one and replaying it
+    /// (recording applies on CUDA, ROCm and wgpu).
+    #[arg(long)]
+    no_capture: bool,
 }
 
 #[derive(Args)]
@@ -585,6 +589,7 @@ fn cmd_generate(a: GenerateArgs, device: &Device) -> AnyResult<()> {
         sampling,
         seed: a.seed,
         stop_tokens: tokenizer.eos_ids().to_vec(),
+        capture: !a.no_capture,
     };
     let prompt = tokenizer.encode(&a.prompt, true)?;
     let mut stdout = std::io::stdout();

@@ -7,13 +7,18 @@
 //! `slice_assign` (in place) and read through a narrowed view; a single-token step groups each kv
 //! head's query heads into one `[rep, head_dim]` block (no `repeat_kv`, no mask); longer steps
 //! take Burn's attention op in query chunks with an additive mask built once per forward.
+//!
+//! A third route serves captured decode steps ([`crate::decode_graph`]): the position is a
+//! device tensor, not a host value, so one recorded step replays at every position. The key is
+//! written with `select_assign` at that position (in place) and the query attends over the
+//! cache's whole capacity with a mask computed on the device.
 
 use std::ops::Range;
 use std::sync::OnceLock;
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::kv_cache::LayerCache;
 use crate::rope::RopeTables;
@@ -52,6 +57,37 @@ pub struct StepContext {
     slot_base: usize,
     /// Additive mask for the tensor route, built on first use.
     mask: OnceLock<Option<Tensor<2>>>,
+    /// Set for a single-token step whose position lives on the device (captured decode).
+    at: Option<DevicePosition>,
+}
+
+/// The position of a single-token step as device tensors, so that a recorded step replays at
+/// any position: nothing in it is a host value frozen into the recording.
+#[derive(Debug, Clone)]
+pub(crate) struct DevicePosition {
+    /// The new token's position `p`, `[1]`; its key goes to cache slot `p`.
+    pub pos: Tensor<1, Int>,
+    /// `[1, 1, 1, capacity]`: `true` for the slots the token must not see (after `p`, or before
+    /// the sliding window).
+    pub hidden: Tensor<4, Bool>,
+}
+
+impl DevicePosition {
+    /// Position `pos` over a cache whose slot `s` holds position `s`: `slots` is `0..capacity`
+    /// on the device.
+    pub fn new(pos: Tensor<1, Int>, slots: &Tensor<1, Int>, window: Option<usize>) -> Self {
+        let [capacity] = slots.dims();
+        let p = pos.clone().expand([capacity]);
+        let mut hidden = slots.clone().greater(p.clone());
+        if let Some(w) = window {
+            // Visible iff p − s < w, i.e. hidden iff s ≤ p − w.
+            hidden = hidden.bool_or(slots.clone().lower_equal(p.sub_scalar(w as i64)));
+        }
+        DevicePosition {
+            pos,
+            hidden: hidden.reshape([1, 1, 1, capacity]),
+        }
+    }
 }
 
 impl StepContext {
@@ -89,6 +125,16 @@ impl StepContext {
             len,
             slot_base: start,
             mask: OnceLock::new(),
+            at: None,
+        }
+    }
+
+    /// The context of a single-token step at a device position, with the rotary rows `rope`
+    /// (`[1, head_dim]`) already gathered for it. The host positions are unused on this route.
+    pub(crate) fn at_device(rope: RopeTables, at: DevicePosition) -> Self {
+        StepContext {
+            at: Some(at),
+            ..Self::with_rope(rope, 0, 0, 1, None)
         }
     }
 
@@ -181,6 +227,10 @@ pub(crate) fn attend(
     cache: Option<&mut LayerCache>,
     dims: AttnDims,
 ) -> Tensor<3> {
+    if let Some(at) = &ctx.at {
+        let cache = cache.expect("a step at a device position writes a KV cache");
+        return attend_at(q, k, v, &ctx.rope, at, cache, dims);
+    }
     #[cfg(feature = "flex")]
     if crate::host::eligible(&q) {
         return attend_host(q, k, v, ctx, cache, dims);
@@ -350,6 +400,62 @@ fn attend_tensors(
     Tensor::cat(chunks, 2)
         .swap_dims(1, 2)
         .reshape([b, t, h * hd])
+}
+
+/// The device-position route: one token, its key and value written at slot `at.pos` in place,
+/// attention over every slot with `at.hidden` masked.
+fn attend_at(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    rope: &RopeTables,
+    at: &DevicePosition,
+    cache: &mut LayerCache,
+    dims: AttnDims,
+) -> Tensor<3> {
+    let AttnDims {
+        batch: b,
+        t,
+        heads: h,
+        kv_heads: kvh,
+        head_dim: hd,
+    } = dims;
+    assert!(
+        b == 1 && t == 1,
+        "a step at a device position is one token of one sequence (got batch {b}, {t} tokens)"
+    );
+    let (q, k) = {
+        let _t = span(Op::Rope);
+        (
+            rope.apply(q.reshape([1, 1, h, hd])),
+            rope.apply(k.reshape([1, 1, kvh, hd])),
+        )
+    };
+    let (kb, vb) = {
+        let _t = span(Op::KvWrite);
+        let (kb, vb) = cache.take();
+        // [1, 1, kvh, hd] → [1, kvh, 1, hd]: a reshape, the token axis has length 1.
+        let (k, v) = (k.reshape([1, kvh, 1, hd]), v.reshape([1, kvh, 1, hd]));
+        (
+            kb.select_assign(2, at.pos.clone(), k, IndexingUpdateOp::Assign),
+            vb.select_assign(2, at.pos.clone(), v, IndexingUpdateOp::Assign),
+        )
+    };
+    let _t = span(Op::Attention);
+    let capacity = kb.dims()[2];
+    let rep = h / kvh;
+    // The `rep` query heads of a kv head as one block of queries: [1, kvh, rep, hd].
+    let q = q.reshape([1, kvh, rep, hd]);
+    let scores = q
+        .matmul(kb.clone().swap_dims(2, 3))
+        .mul_scalar(1.0 / (hd as f64).sqrt())
+        .mask_fill(
+            at.hidden.clone().expand([1, kvh, rep, capacity]),
+            f32::NEG_INFINITY,
+        );
+    let out = burn::tensor::activation::softmax(scores, 3).matmul(vb.clone());
+    cache.put(kb, vb);
+    out.reshape([1, 1, h * hd])
 }
 
 /// `softmax(q·kᵀ/√d + bias)·v` through Burn's fused attention op (Flex: tiled online softmax

@@ -5,14 +5,17 @@
 //! the device (`argmax`) and feeds it straight into the next forward: one id read back per
 //! token, nothing uploaded. Top-p sampling reads the last position's logits back and samples on
 //! the host with a seeded [`SplitMix64`], so a seed reproduces a generation exactly on one
-//! backend.
+//! backend. On a device that records graphs, greedy decoding records its single-token step once
+//! and replays it ([`crate::decode_graph`]).
 
 use std::time::Instant;
 
 use any4_core::rng::SplitMix64;
 use burn::tensor::{DType, Int, Tensor};
 
+use crate::decode_graph::{DecodeGraph, MIN_CAPTURED_STEPS, read_id};
 use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
 use crate::model::{Llama, token_tensor};
 use crate::timing::{Op, span};
 
@@ -42,6 +45,10 @@ pub struct GenerateConfig {
     pub seed: u64,
     /// Generation stops after emitting any of these (typically the eos ids).
     pub stop_tokens: Vec<u32>,
+    /// Greedy decoding of a dense-MLP model on a device that records graphs (CUDA, ROCm, wgpu)
+    /// records its single-token step once and replays it for every further token (see
+    /// [`Generation::captured`]); `false` keeps the ordinary steps.
+    pub capture: bool,
 }
 
 impl Default for GenerateConfig {
@@ -51,6 +58,7 @@ impl Default for GenerateConfig {
             sampling: Sampling::Greedy,
             seed: 0,
             stop_tokens: Vec::new(),
+            capture: true,
         }
     }
 }
@@ -69,8 +77,26 @@ pub struct Generation {
     /// Time of the single-token forwards.
     pub decode_seconds: f64,
     /// Decode speed: tokens produced by single-token forwards per second (the first token comes
-    /// from the prefill and is not counted); `0` when there were none.
+    /// from the prefill and is not counted); `0` when there were none. The capture, when there
+    /// is one, counts as decode time.
     pub tokens_per_second: f64,
+    /// Whether the decode steps replayed a recorded graph.
+    pub captured: bool,
+}
+
+/// How the single-token steps run.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per `generate` call, never stored or moved in a loop"
+)]
+enum Decoder<'m> {
+    /// Ordinary forwards; `token` is the last token chosen, `[1, 1]`.
+    Steps {
+        cache: KvCache,
+        token: Tensor<2, Int>,
+    },
+    /// Replays of a recorded step.
+    Graph(DecodeGraph<'m>),
 }
 
 /// The next token `[1, 1]` and its id. Greedy: `argmax` on the device, the token stays there
@@ -98,18 +124,6 @@ fn next_token(
         .map_err(|e| Error::Data(format!("logits: {e:?}")))?;
     let id = sample(&host, sampling, rng);
     Ok((token_tensor(&[id], &device), id))
-}
-
-/// The id of `token: [1, 1]`, read back from the device.
-fn read_id(token: Tensor<2, Int>) -> Result<u32> {
-    let v = token
-        .into_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .map_err(|e| Error::Data(format!("token id: {e:?}")))?;
-    v.first()
-        .map(|&id| id as u32)
-        .ok_or_else(|| Error::Data("token id: empty".into()))
 }
 
 /// Choose the next token from `logits` according to `sampling`.
@@ -189,6 +203,7 @@ pub fn generate(
         prefill_seconds: 0.0,
         decode_seconds: 0.0,
         tokens_per_second: 0.0,
+        captured: false,
     };
     if cfg.max_new_tokens == 0 {
         return Ok(out);
@@ -199,9 +214,28 @@ pub fn generate(
     };
     let start = Instant::now();
     let logits = model.forward_last(token_tensor(prompt, &device), &mut cache);
-    let (mut token, mut next) = choose(logits, &mut rng)?;
+    let (token, mut next) = choose(logits, &mut rng)?;
     out.prefill_seconds = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
+    let steps = cfg.max_new_tokens - 1;
+    let capturable = cfg.capture
+        && cfg.sampling == Sampling::Greedy
+        && steps >= MIN_CAPTURED_STEPS
+        && !cfg.stop_tokens.contains(&next)
+        && matches!(model.config.moe(), Ok(None))
+        && any4_burn::records_graphs(&device);
+    let end = prompt.len() + steps;
+    let rope = match capturable {
+        true => cache.device_steps(end, &model.rope_inv_freq, &device),
+        false => None,
+    };
+    let mut decoder = match rope {
+        Some(rope) => Decoder::Graph(DecodeGraph::new(model, token, cache, rope)),
+        None => Decoder::Steps { cache, token },
+    };
+    if let Decoder::Graph(graph) = &decoder {
+        out.captured = graph.is_recorded();
+    }
     loop {
         out.tokens.push(next);
         on_token(next);
@@ -212,8 +246,15 @@ pub fn generate(
         if out.tokens.len() >= cfg.max_new_tokens {
             break;
         }
-        let logits = model.forward_last(token, &mut cache);
-        (token, next) = choose(logits, &mut rng)?;
+        next = match &mut decoder {
+            Decoder::Graph(graph) => graph.next_id()?,
+            Decoder::Steps { cache, token } => {
+                let logits = model.forward_last(token.clone(), cache);
+                let (chosen, id) = choose(logits, &mut rng)?;
+                *token = chosen;
+                id
+            }
+        };
     }
     out.decode_seconds = decode_start.elapsed().as_secs_f64();
     let decoded = out.tokens.len().saturating_sub(1);

@@ -208,6 +208,26 @@ impl KvCache {
         }
     }
 
+    /// Ready the cache for single-token steps at device positions `len..end`
+    /// ([`crate::decode_graph`]): slot `s` must hold position `s` up to `end` without moving
+    /// (no growth, no sliding-window relocation on the way). Returns the rotary tables of
+    /// positions `0..end` or more, or `None` when the buffers cannot serve those steps (then
+    /// the ordinary steps do).
+    pub(crate) fn device_steps(
+        &mut self,
+        end: usize,
+        inv_freq: &[f32],
+        device: &Device,
+    ) -> Option<RopeTables> {
+        if self.base != 0 || self.capacity < end || self.batch != 1 || self.is_empty() {
+            return None;
+        }
+        if self.rope.as_ref().is_none_or(|r| r.len() < end) {
+            self.rope = Some(RopeTables::new(inv_freq, 0, end, device));
+        }
+        self.rope.clone()
+    }
+
     /// Check the cache was made for `layers` layers.
     pub(crate) fn check_layers(&self, layers: usize) {
         assert_eq!(

@@ -32,6 +32,7 @@
 mod attention;
 mod auto;
 mod config;
+mod decode_graph;
 mod error;
 mod eval;
 mod fold;

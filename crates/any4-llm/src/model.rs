@@ -14,14 +14,14 @@ use burn::module::{Module, Param, ParamId};
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 
-use crate::attention::StepContext;
+use crate::attention::{DevicePosition, StepContext};
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::kv_cache::{KvCache, StepShape};
 use crate::layers::{Attention, DecoderLayer, Mlp};
 use crate::moe::{Expert, SparseMoe};
 use crate::ops;
-use crate::rope::inv_freq;
+use crate::rope::{RopeTables, inv_freq};
 use crate::timing::{Op, span};
 
 /// A Llama-family causal language model (Llama, Mistral, Mixtral: see [`LlamaConfig::moe`]).
@@ -456,6 +456,41 @@ impl Llama {
         };
         let _t = span(Op::Norm);
         ops::rms_norm(h, &self.norm)
+    }
+
+    /// Logits `[1, vocab]` of one token `[1, 1]` at the device position `at`, extending `cache`
+    /// (prepared by [`KvCache::device_steps`]) at slot `at.pos`; `rope` holds the rotary rows
+    /// of every slot. No host value depends on the position, so a recording of this call
+    /// replays at any position ([`crate::decode_graph`]).
+    pub(crate) fn step_at(
+        &self,
+        token: Tensor<2, Int>,
+        at: DevicePosition,
+        rope: &RopeTables,
+        cache: &mut KvCache,
+    ) -> Tensor<2> {
+        let rows = {
+            let _t = span(Op::Setup);
+            RopeTables {
+                cos: rope.cos.clone().select(0, at.pos.clone()),
+                sin: rope.sin.clone().select(0, at.pos.clone()),
+            }
+        };
+        let ctx = StepContext::at_device(rows, at);
+        let mut h = {
+            let _t = span(Op::Embed);
+            self.embed_tokens.forward(token)
+        };
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            h = layer.forward(h, &ctx, Some(lc));
+        }
+        let h = {
+            let _t = span(Op::Norm);
+            ops::rms_norm(h, &self.norm)
+        };
+        let logits = self.head(h);
+        let [b, _, v] = logits.dims();
+        logits.reshape([b, v])
     }
 
     fn head(&self, h: Tensor<3>) -> Tensor<3> {

@@ -38,11 +38,13 @@ pub enum Op {
     Sample,
     /// Per-forward setup: rotary tables, masks, cache bookkeeping.
     Setup,
+    /// Launching a recorded decode step (host time of the replay call; see `decode_graph`).
+    Replay,
 }
 
 impl Op {
     /// Every op, in report order.
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 14] = [
         Op::Embed,
         Op::Norm,
         Op::QkvProj,
@@ -56,6 +58,7 @@ impl Op {
         Op::Head,
         Op::Sample,
         Op::Setup,
+        Op::Replay,
     ];
 
     /// A short name for reports.
@@ -74,6 +77,7 @@ impl Op {
             Op::Head => "lm head",
             Op::Sample => "sample+readback",
             Op::Setup => "setup",
+            Op::Replay => "graph replay",
         }
     }
 }

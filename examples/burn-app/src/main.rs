@@ -14,7 +14,8 @@
 //! Steps: load the embedded tiny Llama (models/tiny-llama) on the device, calibrate on
 //! `CALIBRATION_PROMPT`, quantize every linear layer but the LM head to any4, generate greedily.
 //! Prints `backend:`, `route:`, `logits:` (the prompt's last position, to see whether fusion
-//! changes float results), `tokens:` and `text:` lines.
+//! changes float results), `decode:` (`graph replay` when the steps replayed a recorded one),
+//! `tokens:` and `text:` lines.
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -100,6 +101,13 @@ fn main() -> Result<(), Box<dyn Error>> {
         ..GenerateConfig::default()
     };
     let out = generate(&model, &prompt, &cfg, &mut |_| {})?;
+    // Greedy decoding on a GPU backend records its step once and replays it.
+    let decode = if out.captured {
+        "graph replay"
+    } else {
+        "steps"
+    };
+    println!("decode: {decode}");
     println!("tokens: {:?}", out.tokens);
     println!("text: {:?}", tok.decode(&out.tokens, true)?);
     Ok(())

@@ -60,7 +60,7 @@ fn quantized_tiny_llama_stays_close_to_dense() {
                 top_p: 0.9,
             },
             seed: 1,
-            stop_tokens: vec![],
+            ..GenerateConfig::default()
         },
         &mut |_| {},
     )
