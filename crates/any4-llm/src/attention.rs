@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::kv_cache::LayerCache;
 use crate::rope::RopeTables;
@@ -446,6 +446,7 @@ fn attend_at(
     let rep = h / kvh;
     // The `rep` query heads of a kv head as one block of queries: [1, kvh, rep, hd].
     let q = q.reshape([1, kvh, rep, hd]);
+    let dtype = q.dtype();
     let scores = q
         .matmul(kb.clone().swap_dims(2, 3))
         .mul_scalar(1.0 / (hd as f64).sqrt())
@@ -453,7 +454,10 @@ fn attend_at(
             at.hidden.clone().expand([1, kvh, rep, capacity]),
             f32::NEG_INFINITY,
         );
-    let out = burn::tensor::activation::softmax(scores, 3).matmul(vb.clone());
+    // Softmax in f32, as the fused attention kernels accumulate: a bf16 sum over thousands of
+    // keys would lose the small weights.
+    let probs = burn::tensor::activation::softmax(scores.cast(DType::F32), 3).cast(dtype);
+    let out = probs.matmul(vb.clone());
     cache.put(kb, vb);
     out.reshape([1, 1, h * hd])
 }
