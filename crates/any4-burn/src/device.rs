@@ -32,12 +32,12 @@ pub fn device_from_name(name: &str) -> Result<Device> {
 
 /// Whether `device` records a launch sequence once and replays it as one dispatch
 /// (`burn::tensor::capture`): CUDA and HIP graphs, wgpu's recorded passes. Flex and CubeCL's CPU
-/// runtime have no graphs (a capture there only re-runs the closure), so callers keep their
-/// ordinary path on them.
+/// runtime have no graphs (a capture there only re-runs the closure), and an autodiff device
+/// records a gradient graph instead, so callers keep their ordinary path on them.
 pub fn records_graphs(device: &Device) -> bool {
     #[allow(unused_imports)]
     use burn::backend::DispatchDevice;
-    match device.clone().without_autodiff().as_dispatch() {
+    match device.as_dispatch() {
         #[cfg(feature = "cube")]
         DispatchDevice::Cube(cube) => {
             use burn_cubecl::cubecl::RuntimeId;
