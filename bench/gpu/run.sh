@@ -14,7 +14,9 @@
 #                    the same process; M = 1, 4, 16, 64 on the six shapes);
 #                 3. the anchors: anchors.py (cuBLAS via PyTorch, tinygemm int4), probe.py.
 #   decode part:  4. `bench-decode --backend cuda` on random models of SmolLM2-135M, Llama-3.2-1B and
-#                    Llama-3-8B shapes (dense bf16 vs any4, same run) and the tiny model;
+#                    Llama-3-8B shapes (dense bf16 vs any4, same run; each decode as a recorded
+#                    step replayed and as ordinary steps: the difference is the host work per
+#                    token) and the tiny model;
 #                    decode_anchor.py (transformers, same shapes, bf16, greedy).
 # Output: $OUT/summary.md and $OUT/results.tar.xz (logs and JSON; the device tool returns at most
 # 8 files).
