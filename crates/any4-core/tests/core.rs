@@ -195,9 +195,9 @@ fn check_int8_kernel(
 
 /// Every int8 kernel this CPU runs is checked (see `check_int8_kernel`) on shapes that reach
 /// each code path: K a multiple of 128 or not (padded last quad, unpaired block, f32 tail),
-/// several chunks of rows,
-/// group sizes 32 / 64 / 128 / 256 / per-row, learned and shared tables, M = 1, 3 and 6 (the
-/// AVX-512 kernels take activation rows four at a time: 6 is a full pass and a partial one).
+/// several chunks of rows, group sizes 32 / 64 / 128 / 256 / per-row, learned and shared
+/// tables, M = 1, 3 and 6 (the AVX-512 kernels take activation rows four at a time: 6 is a full
+/// pass and a partial one).
 /// The list of kernels checked must hold every kernel the CPU's features allow (detected here
 /// independently); kernels the CPU lacks are printed as not run.
 #[test]

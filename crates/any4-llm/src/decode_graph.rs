@@ -29,7 +29,8 @@ use std::rc::Rc;
 use burn::tensor::{Graph, IndexingUpdateOp, Int, Tensor, TensorData, capture};
 
 use crate::attention::DevicePosition;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::generate::read_id;
 use crate::kv_cache::KvCache;
 use crate::model::Llama;
 use crate::rope::RopeTables;
@@ -174,18 +175,6 @@ fn steps_at_device<'m>(
         out
     });
     (state, step)
-}
-
-/// The id of `token: [1, 1]`, read back from the device.
-pub(crate) fn read_id(token: Tensor<2, Int>) -> Result<u32> {
-    let v = token
-        .into_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .map_err(|e| Error::Data(format!("token id: {e:?}")))?;
-    v.first()
-        .map(|&id| id as u32)
-        .ok_or_else(|| Error::Data("token id: empty".into()))
 }
 
 /// The recorded step against the ordinary one, on wgpu (a software graph on lavapipe, which

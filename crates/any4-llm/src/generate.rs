@@ -13,7 +13,7 @@ use std::time::Instant;
 use any4_core::rng::SplitMix64;
 use burn::tensor::{DType, Int, Tensor};
 
-use crate::decode_graph::{DecodeGraph, MIN_CAPTURED_STEPS, read_id};
+use crate::decode_graph::{DecodeGraph, MIN_CAPTURED_STEPS};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::{Llama, token_tensor};
@@ -124,6 +124,18 @@ fn next_token(
         .map_err(|e| Error::Data(format!("logits: {e:?}")))?;
     let id = sample(&host, sampling, rng);
     Ok((token_tensor(&[id], &device), id))
+}
+
+/// The id of `token: [1, 1]`, read back from the device.
+pub(crate) fn read_id(token: Tensor<2, Int>) -> Result<u32> {
+    let v = token
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .map_err(|e| Error::Data(format!("token id: {e:?}")))?;
+    v.first()
+        .map(|&id| id as u32)
+        .ok_or_else(|| Error::Data("token id: empty".into()))
 }
 
 /// Choose the next token from `logits` according to `sampling`.

@@ -437,9 +437,7 @@ impl Llama {
                     device: h.device(),
                 };
                 let ctx = cache.begin(&shape, &self.rope_inv_freq, window);
-                for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-                    h = layer.forward(h, &ctx, Some(lc));
-                }
+                h = self.layers_over(h, &ctx, cache);
                 cache.end(t, window);
             }
             None => {
@@ -471,19 +469,14 @@ impl Llama {
     ) -> Tensor<2> {
         let rows = {
             let _t = span(Op::Setup);
-            RopeTables {
-                cos: rope.cos.clone().select(0, at.pos.clone()),
-                sin: rope.sin.clone().select(0, at.pos.clone()),
-            }
+            rope.at(at.pos.clone())
         };
         let ctx = StepContext::at_device(rows, at);
-        let mut h = {
+        let h = {
             let _t = span(Op::Embed);
             self.embed_tokens.forward(token)
         };
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            h = layer.forward(h, &ctx, Some(lc));
-        }
+        let h = self.layers_over(h, &ctx, cache);
         let h = {
             let _t = span(Op::Norm);
             ops::rms_norm(h, &self.norm)
@@ -491,6 +484,14 @@ impl Llama {
         let logits = self.head(h);
         let [b, _, v] = logits.dims();
         logits.reshape([b, v])
+    }
+
+    /// Every decoder layer over `h`, each writing its keys and values into its layer of `cache`.
+    fn layers_over(&self, mut h: Tensor<3>, ctx: &StepContext, cache: &mut KvCache) -> Tensor<3> {
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            h = layer.forward(h, ctx, Some(lc));
+        }
+        h
     }
 
     fn head(&self, h: Tensor<3>) -> Tensor<3> {

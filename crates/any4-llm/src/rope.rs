@@ -6,7 +6,7 @@
 //! Tables are built on the host in f32 the way transformers does (`inv_freq` in f32, angle
 //! `inv_freq · p` in f32), so logits match it to rounding.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::{RopeConfig, RopeScaling};
 
@@ -104,6 +104,15 @@ impl RopeTables {
         RopeTables {
             cos: self.cos.clone().narrow(0, offset, len),
             sin: self.sin.clone().narrow(0, offset, len),
+        }
+    }
+
+    /// The rows of the positions in `pos` (a gather on the device, for steps whose position is a
+    /// device value).
+    pub fn at(&self, pos: Tensor<1, Int>) -> Self {
+        RopeTables {
+            cos: self.cos.clone().select(0, pos.clone()),
+            sin: self.sin.clone().select(0, pos),
         }
     }
 

@@ -79,8 +79,8 @@ pub struct Setting {
     /// `one-shot` or `sequential`.
     pub calibration: Option<String>,
     /// How codes are chosen beyond round-to-nearest: `gptq`, `act-scale`, `gptq+act-scale`,
-    /// `gptq+act-order`
-    /// (`None`: round-to-nearest, the paper's method). See [`methods`].
+    /// `gptq+act-order`, `gptq+act-order+act-scale` (`None`: round-to-nearest, the paper's
+    /// method). See [`methods`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// Calibration text (`None`: the built-in prompt). See [`methods::calib_args`].

@@ -89,7 +89,7 @@ impl<'a> Pass<'a> {
         let (mut s0, mut z0) = (vec![0.0f32; n * groups], vec![0.0f32; n * groups]);
         for r in 0..n {
             for (g, chunk) in w[r * cols..(r + 1) * cols].chunks(group).enumerate() {
-                let (s, z) = self.params(chunk, first_row + r, g)?;
+                let (s, z) = group_params(chunk, self.domain, self.dtype, first_row + r, g)?;
                 s0[r * groups + g] = s;
                 z0[r * groups + g] = z;
             }
@@ -188,11 +188,6 @@ impl<'a> Pass<'a> {
         })
     }
 
-    /// A group's `(scale, zero)` in the stored dtype, refusing non-finite results.
-    fn params(&self, chunk: &[f32], row: usize, g: usize) -> Result<(f32, f32)> {
-        group_params(chunk, self.domain, self.dtype, row, g)
-    }
-
     /// The pass proper: columns in blocks of [`BLOCK`], errors fed forward through `R`.
     fn sweep(
         &self,
@@ -231,7 +226,13 @@ impl<'a> Pass<'a> {
                         {
                             *t = wv + f;
                         }
-                        let (s, z) = self.params(&target_buf[..len], first_row + row, g)?;
+                        let (s, z) = group_params(
+                            &target_buf[..len],
+                            self.domain,
+                            self.dtype,
+                            first_row + row,
+                            g,
+                        )?;
                         out.scales[row * groups + g] = s;
                         out.zeros[row * groups + g] = z;
                     }
